@@ -1,0 +1,105 @@
+package slots
+
+import (
+	"context"
+	"time"
+)
+
+// LimitRecord is the durable part of a limit.
+type LimitRecord struct {
+	Name     string
+	Capacity int
+	// DefaultTTL is the limit's default lease TTL; 0 means the server's.
+	DefaultTTL  time.Duration
+	Description string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// LeaseRecord is the durable part of a lease.
+type LeaseRecord struct {
+	ID             string
+	Limit          string
+	Slots          int
+	Holder         string
+	Fence          uint64
+	AcquiredAt     time.Time
+	ExpiresAt      time.Time // wall clock, as shown to clients and stored
+	TTL            time.Duration
+	IdempotencyKey string
+}
+
+// ChangeKind says what a Change does.
+type ChangeKind int
+
+// The kinds of durable change. Deletions (release, expire, delete limit) are
+// idempotent, so a journal may retry them after a failed commit; the others
+// fail back to their caller.
+const (
+	ChangeGrant       ChangeKind = iota + 1 // insert Lease
+	ChangeRenew                             // set Lease.ExpiresAt and Lease.TTL of Lease.ID
+	ChangeRelease                           // delete Lease.ID (released or expired)
+	ChangePutLimit                          // upsert Limit
+	ChangeDeleteLimit                       // delete Limit.Name and all its leases
+)
+
+// Retryable reports whether a failed change may be applied again later
+// without changing its meaning.
+func (k ChangeKind) Retryable() bool {
+	return k == ChangeRelease || k == ChangeDeleteLimit
+}
+
+// Change is one durable state change. It holds copies, never pointers into
+// the manager's state, so the journal can read it without the manager's lock.
+type Change struct {
+	Kind  ChangeKind
+	Lease LeaseRecord
+	Limit LimitRecord
+	// Fence is the highest fence handed out when the change was made, so
+	// the journal can persist the counter with the change.
+	Fence uint64
+}
+
+// Journal makes changes durable. The manager calls Append with its lock
+// held, in the order it made its decisions, so Append must only queue the
+// change and return; the journal then commits queued changes in that order,
+// many to a transaction (group commit). Callers wait on the returned Commit
+// outside the lock.
+type Journal interface {
+	Append(c Change) *Commit
+}
+
+// Commit is the outcome of one appended change. It is resolved once, by the
+// journal, when the change's transaction has committed or failed.
+type Commit struct {
+	done chan struct{}
+	err  error
+}
+
+// NewCommit returns an unresolved Commit; journals create one per Append.
+func NewCommit() *Commit {
+	return &Commit{done: make(chan struct{})}
+}
+
+// Resolve records the outcome and wakes every waiter. It must be called
+// exactly once.
+func (c *Commit) Resolve(err error) {
+	c.err = err
+	close(c.done)
+}
+
+// Done is closed once the commit is resolved.
+func (c *Commit) Done() <-chan struct{} { return c.done }
+
+// Err is the commit's outcome; it is only meaningful after Done is closed.
+func (c *Commit) Err() error { return c.err }
+
+// Wait blocks until the commit is resolved or ctx ends.
+func (c *Commit) Wait(ctx context.Context) error {
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,431 @@
+// Package store keeps limitd's durable state in SQLite: limits, live leases
+// and the fencing counter. It is the only package with SQL.
+//
+// Writes arrive through Append (the slots.Journal interface) and are
+// committed by one writer goroutine, many changes to a transaction: while one
+// transaction commits, the next batch gathers, so concurrent grants and
+// releases share one commit (and one fsync) instead of paying one each.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/limitd/limitd/internal/slots"
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// maxBatch bounds one transaction, so one huge burst cannot delay the
+// answers of its first requests for long.
+const maxBatch = 4096
+
+// Options tunes a Store.
+type Options struct {
+	// Synchronous is SQLite's synchronous mode: "normal" (the default)
+	// survives a crash of the process; "full" also survives power loss.
+	Synchronous string
+	// OnCommit, when set, is called after every batch with its size, how
+	// long the commit took, and its error.
+	OnCommit func(changes int, took time.Duration, err error)
+	// RetryDelay is how long the writer waits before retrying deletions
+	// after a failed commit; 1s when zero.
+	RetryDelay time.Duration
+}
+
+// Store is an open database plus its batching writer.
+type Store struct {
+	db   *sql.DB
+	opts Options
+
+	mu      sync.Mutex
+	pending []pendingChange
+	// retry holds deletions whose commit failed; they are idempotent and
+	// go first into the next batch, which keeps their order before any
+	// later change.
+	retry   []slots.Change
+	closing bool
+
+	wake chan struct{} // buffered 1: "there is work"
+	done chan struct{} // closed when the writer has stopped
+}
+
+type pendingChange struct {
+	change slots.Change
+	commit *slots.Commit
+}
+
+// State is what Load returns: everything needed to rebuild the manager.
+type State struct {
+	Limits []slots.LimitRecord
+	Leases []slots.LeaseRecord
+	Fence  uint64
+}
+
+// Open opens (creating if needed) the database at path, takes an exclusive
+// lock on it (two servers on one file would each hand out the full capacity),
+// runs pending migrations and starts the writer.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	syncMode := strings.ToUpper(opts.Synchronous)
+	if syncMode == "" {
+		syncMode = "NORMAL"
+	}
+	if syncMode != "NORMAL" && syncMode != "FULL" {
+		return nil, fmt.Errorf("store: synchronous mode %q: want normal or full", opts.Synchronous)
+	}
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = time.Second
+	}
+	q := url.Values{}
+	for _, p := range []string{
+		"busy_timeout(2000)",
+		"journal_mode(WAL)",
+		"synchronous(" + syncMode + ")",
+		// EXCLUSIVE keeps the lock from the first write until Close, so
+		// a second limitd on the same file fails at start.
+		"locking_mode(EXCLUSIVE)",
+	} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("store: opening %s: %w", path, err)
+	}
+	// One connection: the writer is the only user after Load, and the
+	// exclusive lock belongs to a connection.
+	db.SetMaxOpenConns(1)
+	db.SetMaxIdleConns(1)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+
+	s := &Store{db: db, opts: opts, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: opening %s: %w", path, describeOpenError(err))
+	}
+	go s.writeLoop()
+	return s, nil
+}
+
+func describeOpenError(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "database is locked") || strings.Contains(msg, "SQLITE_BUSY"):
+		return fmt.Errorf("the database is locked by another process (is another limitd running on this file?): %w", err)
+	case strings.Contains(msg, "readonly") || strings.Contains(msg, "read-only"):
+		return fmt.Errorf("the database or its directory is read-only: %w", err)
+	case strings.Contains(msg, "not a database") || strings.Contains(msg, "malformed"):
+		return fmt.Errorf("the file is not a limitd database or is corrupt: %w", err)
+	}
+	return err
+}
+
+// migrate runs every embedded migration newer than the database's version,
+// each in its own transaction together with its version record.
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, applied_at_ns INTEGER NOT NULL) STRICT`); err != nil {
+		return fmt.Errorf("creating schema_migrations: %w", err)
+	}
+	var current int
+	if err := s.db.QueryRowContext(ctx, `SELECT coalesce(max(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	names, err := fs.Glob(migrationFiles, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	latest := 0
+	for _, name := range names {
+		base := strings.TrimPrefix(name, "migrations/")
+		version, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s has no numeric prefix", base)
+		}
+		latest = version
+		if version <= current {
+			continue
+		}
+		body, err := migrationFiles.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		if err := s.applyMigration(ctx, version, base, string(body)); err != nil {
+			return fmt.Errorf("migration %s: %w", base, err)
+		}
+	}
+	if current > latest {
+		return fmt.Errorf("database schema version %d is newer than this limitd knows (%d): upgrade limitd", current, latest)
+	}
+	return nil
+}
+
+func (s *Store) applyMigration(ctx context.Context, version int, name, body string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, body); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at_ns) VALUES (?, ?, ?)`,
+		version, name, time.Now().UnixNano()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Load reads the whole state. It checks every row, so a corrupt or hostile
+// database is refused with an error that names the row, rather than loaded
+// into a silently wrong limit.
+func (s *Store) Load(ctx context.Context) (State, error) {
+	var st State
+	rows, err := s.db.QueryContext(ctx, `SELECT name, capacity, default_ttl_ns, description, created_at_ns, updated_at_ns FROM limits ORDER BY name`)
+	if err != nil {
+		return st, fmt.Errorf("store: loading limits: %w", err)
+	}
+	for rows.Next() {
+		var r slots.LimitRecord
+		var ttl, created, updated int64
+		if err := rows.Scan(&r.Name, &r.Capacity, &ttl, &r.Description, &created, &updated); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("store: loading limits: %w", err)
+		}
+		r.DefaultTTL, r.CreatedAt, r.UpdatedAt = time.Duration(ttl), fromNanos(created), fromNanos(updated)
+		if err := checkLimit(r); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("store: loading limits: limit %q: %w", r.Name, err)
+		}
+		st.Limits = append(st.Limits, r)
+	}
+	if err := closeRows(rows); err != nil {
+		return st, fmt.Errorf("store: loading limits: %w", err)
+	}
+
+	rows, err = s.db.QueryContext(ctx, `SELECT id, limit_name, slots, holder, fence, acquired_at_ns, expires_at_ns, ttl_ns, idempotency_key FROM leases ORDER BY fence`)
+	if err != nil {
+		return st, fmt.Errorf("store: loading leases: %w", err)
+	}
+	seenFence := make(map[uint64]string)
+	now := time.Now()
+	for rows.Next() {
+		var r slots.LeaseRecord
+		var fence, acquired, expires, ttl int64
+		if err := rows.Scan(&r.ID, &r.Limit, &r.Slots, &r.Holder, &fence, &acquired, &expires, &ttl, &r.IdempotencyKey); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("store: loading leases: %w", err)
+		}
+		r.Fence, r.AcquiredAt, r.ExpiresAt, r.TTL = uint64(fence), fromNanos(acquired), fromNanos(expires), time.Duration(ttl)
+		if fence < 1 {
+			r.Fence = 0
+		}
+		if err := checkLease(r, now); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("store: loading leases: lease %q: %w", r.ID, err)
+		}
+		if other, dup := seenFence[r.Fence]; dup {
+			rows.Close()
+			return st, fmt.Errorf("store: loading leases: leases %q and %q share fence %d", other, r.ID, r.Fence)
+		}
+		seenFence[r.Fence] = r.ID
+		st.Leases = append(st.Leases, r)
+	}
+	if err := closeRows(rows); err != nil {
+		return st, fmt.Errorf("store: loading leases: %w", err)
+	}
+
+	var fence sql.NullInt64
+	err = s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'fence'`).Scan(&fence)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return st, fmt.Errorf("store: loading the fence counter: %w", err)
+	}
+	if fence.Int64 < 0 {
+		return st, fmt.Errorf("store: loading the fence counter: %d is negative", fence.Int64)
+	}
+	st.Fence = uint64(fence.Int64)
+	return st, nil
+}
+
+func closeRows(rows *sql.Rows) error {
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return err
+	}
+	return rows.Close()
+}
+
+// Append queues a change for the next group commit; it never blocks on I/O.
+func (s *Store) Append(c slots.Change) *slots.Commit {
+	commit := slots.NewCommit()
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		commit.Resolve(errors.New("store: closed"))
+		return commit
+	}
+	s.pending = append(s.pending, pendingChange{change: c, commit: commit})
+	s.mu.Unlock()
+	s.signal()
+	return commit
+}
+
+func (s *Store) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close commits what is queued, stops the writer and closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	already := s.closing
+	s.closing = true
+	s.mu.Unlock()
+	if !already {
+		s.signal()
+	}
+	<-s.done
+	return s.db.Close()
+}
+
+// writeLoop is the single writer: it takes whatever is queued, commits it in
+// one transaction, resolves every change's Commit, and repeats. Changes
+// queued while a commit runs form the next batch.
+func (s *Store) writeLoop() {
+	defer close(s.done)
+	var batch []pendingChange
+	for range s.wake {
+		for {
+			s.mu.Lock()
+			retry := s.retry
+			s.retry = nil
+			n := min(len(s.pending), maxBatch)
+			batch = append(batch[:0], s.pending[:n]...)
+			s.pending = append(s.pending[:0], s.pending[n:]...)
+			closing := s.closing
+			s.mu.Unlock()
+
+			if len(batch) > 0 || len(retry) > 0 {
+				s.commitBatch(retry, batch)
+			}
+			clear(batch)
+			s.mu.Lock()
+			more := len(s.pending) > 0
+			s.mu.Unlock()
+			if more {
+				continue
+			}
+			if closing {
+				return
+			}
+			break
+		}
+	}
+}
+
+func (s *Store) commitBatch(retry []slots.Change, batch []pendingChange) {
+	start := time.Now()
+	err := s.apply(retry, batch)
+	if s.opts.OnCommit != nil {
+		s.opts.OnCommit(len(retry)+len(batch), time.Since(start), err)
+	}
+	if err != nil {
+		err = fmt.Errorf("store: committing %d changes: %w", len(retry)+len(batch), err)
+		var keep []slots.Change
+		keep = append(keep, retry...)
+		for _, p := range batch {
+			if p.change.Kind.Retryable() {
+				keep = append(keep, p.change)
+			}
+		}
+		if len(keep) > 0 {
+			s.mu.Lock()
+			s.retry = append(keep, s.retry...)
+			s.mu.Unlock()
+			time.AfterFunc(s.opts.RetryDelay, s.signal)
+		}
+	}
+	for _, p := range batch {
+		p.commit.Resolve(err)
+	}
+}
+
+// apply writes one batch in one transaction.
+func (s *Store) apply(retry []slots.Change, batch []pendingChange) error {
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var fence uint64
+	for _, c := range retry {
+		if err := applyChange(ctx, tx, c); err != nil {
+			return err
+		}
+	}
+	for _, p := range batch {
+		if err := applyChange(ctx, tx, p.change); err != nil {
+			return err
+		}
+		fence = max(fence, p.change.Fence)
+	}
+	if fence > 0 {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('fence', ?)
+			ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)`, int64(fence)); err != nil {
+			return fmt.Errorf("saving the fence counter: %w", err)
+		}
+	}
+	return tx.Commit()
+}
+
+func applyChange(ctx context.Context, tx *sql.Tx, c slots.Change) error {
+	var err error
+	switch c.Kind {
+	case slots.ChangeGrant:
+		l := c.Lease
+		_, err = tx.ExecContext(ctx, `INSERT INTO leases (id, limit_name, slots, holder, fence, acquired_at_ns, expires_at_ns, ttl_ns, idempotency_key)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			l.ID, l.Limit, l.Slots, l.Holder, int64(l.Fence), l.AcquiredAt.UnixNano(), l.ExpiresAt.UnixNano(), int64(l.TTL), l.IdempotencyKey)
+	case slots.ChangeRenew:
+		_, err = tx.ExecContext(ctx, `UPDATE leases SET expires_at_ns = ?, ttl_ns = ? WHERE id = ?`,
+			c.Lease.ExpiresAt.UnixNano(), int64(c.Lease.TTL), c.Lease.ID)
+	case slots.ChangeRelease:
+		_, err = tx.ExecContext(ctx, `DELETE FROM leases WHERE id = ?`, c.Lease.ID)
+	case slots.ChangePutLimit:
+		l := c.Limit
+		_, err = tx.ExecContext(ctx, `INSERT INTO limits (name, capacity, default_ttl_ns, description, created_at_ns, updated_at_ns)
+			VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET capacity = excluded.capacity, default_ttl_ns = excluded.default_ttl_ns,
+				description = excluded.description, updated_at_ns = excluded.updated_at_ns`,
+			l.Name, l.Capacity, int64(l.DefaultTTL), l.Description, l.CreatedAt.UnixNano(), l.UpdatedAt.UnixNano())
+	case slots.ChangeDeleteLimit:
+		if _, err = tx.ExecContext(ctx, `DELETE FROM leases WHERE limit_name = ?`, c.Limit.Name); err == nil {
+			_, err = tx.ExecContext(ctx, `DELETE FROM limits WHERE name = ?`, c.Limit.Name)
+		}
+	default:
+		err = fmt.Errorf("unknown change kind %d", c.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("applying change %d: %w", c.Kind, err)
+	}
+	return nil
+}
+
+func fromNanos(ns int64) time.Time { return time.Unix(0, ns).UTC() }
