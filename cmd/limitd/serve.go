@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/limitd/limitd"
-	"github.com/limitd/limitd/internal/api"
-	"github.com/limitd/limitd/internal/slots"
-	"github.com/limitd/limitd/internal/store"
+	"github.com/limitd/limitd/internal/daemon"
 )
 
 // serveConfig is every setting of the server. Each has a flag and an
@@ -177,24 +175,24 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	}
 	defer ln.Close()
 
-	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-
-	mgr := slots.New(slots.Config{Journal: st, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters})
-	defer mgr.Close()
-	srv := api.New(api.Config{
-		Manager:     mgr,
-		Logger:      log,
+	d, err := daemon.Open(ctx, daemon.Config{
+		DB:          cfg.DB,
+		Sync:        cfg.Sync,
+		DefaultTTL:  cfg.DefaultTTL,
 		MaxTTL:      cfg.MaxTTL,
 		DefaultWait: cfg.DefaultWait,
 		MaxWait:     cfg.MaxWait,
+		MaxWaiters:  cfg.MaxWaiters,
 		MaxBody:     cfg.MaxBody,
+		Logger:      log,
 	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
 	httpSrv := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           d.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		// ReadTimeout covers headers and body only: net/http clears the
 		// deadline once the body is read, so long-polls are not cut.
@@ -206,18 +204,11 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	go func() { serveErr <- httpSrv.Serve(ln) }()
 
 	// Listening before loading lets probes see a live but unready server.
-	state, err := st.Load(ctx)
+	state, err := d.Load(ctx)
 	if err != nil {
 		httpSrv.Close()
 		return err
 	}
-	for _, c := range mgr.Restore(state.Limits, state.Leases, state.Fence) {
-		if err := c.Wait(ctx); err != nil {
-			httpSrv.Close()
-			return fmt.Errorf("expiring leases that expired while limitd was down: %w", err)
-		}
-	}
-	srv.SetReady(true)
 	log.Info("limitd ready", "addr", ln.Addr().String(), "db", cfg.DB, "limits", len(state.Limits),
 		"leases", len(state.Leases), "took", time.Since(start).Round(time.Millisecond), "version", version)
 
@@ -227,16 +218,15 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "grace", cfg.ShutdownGrace)
-	srv.StartDraining()
+	d.Drain()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
 	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
 		log.Warn("requests still running at the end of the grace period were cut", "err", err)
 		httpSrv.Close()
 	}
-	mgr.Close()
-	if err := st.Close(); err != nil {
-		return fmt.Errorf("closing the database: %w", err)
+	if err := d.Close(); err != nil {
+		return err
 	}
 	log.Info("stopped")
 	return nil
