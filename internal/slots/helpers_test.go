@@ -21,13 +21,14 @@ func TestMain(m *testing.M) {
 // timers due by then fire synchronously inside Advance.
 type fakeClock struct {
 	mu     sync.Mutex
-	now    time.Time
+	now    time.Time     // wall
+	mono   time.Duration // monotonic
 	timers []*fakeTimer
 }
 
 type fakeTimer struct {
 	clock   *fakeClock
-	at      time.Time
+	at      time.Duration
 	f       func()
 	stopped bool
 }
@@ -37,15 +38,27 @@ func newFakeClock() *fakeClock {
 }
 
 func (c *fakeClock) Now() time.Time {
+	now, _ := c.Read()
+	return now
+}
+
+func (c *fakeClock) Read() (time.Time, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.now
+	return c.now, c.mono
+}
+
+// JumpWall changes the wall clock only, as an NTP step or an admin would.
+func (c *fakeClock) JumpWall(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 func (c *fakeClock) AfterFunc(d time.Duration, f func()) slots.Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{clock: c, at: c.now.Add(d), f: f}
+	t := &fakeTimer{clock: c, at: c.mono + d, f: f}
 	c.timers = append(c.timers, t)
 	return t
 }
@@ -63,13 +76,14 @@ func (t *fakeTimer) Stop() bool {
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
-	now := c.now
+	c.mono += d
+	now := c.mono
 	var due []*fakeTimer
 	kept := c.timers[:0]
 	for _, t := range c.timers {
 		switch {
 		case t.stopped:
-		case !t.at.After(now):
+		case t.at <= now:
 			t.stopped = true
 			due = append(due, t)
 		default:
@@ -78,7 +92,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 	c.timers = kept
 	c.mu.Unlock()
-	sort.Slice(due, func(i, j int) bool { return due[i].at.Before(due[j].at) })
+	sort.Slice(due, func(i, j int) bool { return due[i].at < due[j].at })
 	for _, t := range due {
 		t.f()
 	}

@@ -59,7 +59,7 @@ type Manager struct {
 	leases   map[string]*lease
 	expiry   expiryHeap
 	timer    Timer
-	timerAt  time.Time // deadline the timer is set for; zero when none
+	timerAt  time.Duration // deadline the timer is set for; -1 when none
 	fence    uint64
 	draining bool // no new acquires, no grants to queued waiters
 	closed   bool // no expiry timer any more
@@ -84,9 +84,9 @@ type keyed struct {
 
 type lease struct {
 	rec LeaseRecord
-	// deadline is rec.ExpiresAt on the manager's clock (with its monotonic
-	// reading), so a wall-clock jump neither expires it early nor late.
-	deadline  time.Time
+	// deadline is rec.ExpiresAt on the monotonic clock, so a wall-clock
+	// jump neither expires it early nor late.
+	deadline  time.Duration
 	heapIndex int
 	// granted is the commit of the grant; answers wait on it.
 	granted *Commit
@@ -97,7 +97,8 @@ type waiter struct {
 	holder string
 	ttl    time.Duration
 	key    string
-	since  time.Time
+	since  time.Time     // wall clock, as shown in the waiters list
+	asked  time.Duration // monotonic, for how long it waited
 	elem   *list.Element
 	// ready is closed under the lock once lease or err is set.
 	ready chan struct{}
@@ -116,9 +117,10 @@ func New(cfg Config) *Manager {
 		newID:      cfg.NewID,
 		limits:     make(map[string]*limit),
 		leases:     make(map[string]*lease),
+		timerAt:    -1,
 	}
 	if m.clock == nil {
-		m.clock = SystemClock{}
+		m.clock = NewSystemClock()
 	}
 	if m.obs == nil {
 		m.obs = NopObserver{}
@@ -146,7 +148,7 @@ func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint
 		m.limits[rec.Name] = newLimit(rec)
 	}
 	m.fence = fence
-	now := m.clock.Now()
+	now, mono := m.clock.Read()
 	var commits []*Commit
 	for _, rec := range leases {
 		if rec.Fence > m.fence {
@@ -162,7 +164,9 @@ func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint
 		}
 		done := NewCommit()
 		done.Resolve(nil)
-		ls := &lease{rec: rec, deadline: now.Add(rec.ExpiresAt.Sub(now.Round(0))), granted: done}
+		// The stored expiry is wall-clock time; from here on it is kept
+		// as the remaining time on the monotonic clock.
+		ls := &lease{rec: rec, deadline: mono + rec.ExpiresAt.Sub(now), granted: done}
 		m.addLeaseLocked(l, ls)
 	}
 	m.resetTimerLocked()
@@ -237,7 +241,7 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 	defer m.adminMu.Unlock()
 
 	m.mu.Lock()
-	now := m.clock.Now()
+	now, _ := m.clock.Read()
 	rec := LimitRecord{Name: name, Capacity: spec.Capacity, DefaultTTL: spec.DefaultTTL, Description: spec.Description, CreatedAt: wall(now), UpdatedAt: wall(now)}
 	var before *LimitRecord
 	if l := m.limits[name]; l != nil {
@@ -382,7 +386,7 @@ func (m *Manager) Waiters(name string) ([]limitd.Waiter, error) {
 	if l == nil {
 		return nil, errLimitNotFound(name)
 	}
-	now := m.clock.Now()
+	_, mono := m.clock.Read()
 	out := make([]limitd.Waiter, 0, l.waiters.Len())
 	for e := l.waiters.Front(); e != nil; e = e.Next() {
 		w := e.Value.(*waiter)
@@ -390,8 +394,8 @@ func (m *Manager) Waiters(name string) ([]limitd.Waiter, error) {
 			Position:       len(out) + 1,
 			Slots:          w.slots,
 			Holder:         w.holder,
-			WaitingSince:   wall(w.since),
-			WaitingSeconds: now.Sub(w.since).Seconds(),
+			WaitingSince:   w.since,
+			WaitingSeconds: (mono - w.asked).Seconds(),
 		})
 	}
 	return out, nil
@@ -412,12 +416,12 @@ type LimitStats struct {
 func (m *Manager) Stats() []LimitStats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.clock.Now()
+	_, mono := m.clock.Read()
 	out := make([]LimitStats, 0, len(m.limits))
 	for _, l := range m.limits {
 		s := LimitStats{Name: l.rec.Name, Capacity: l.rec.Capacity, InUse: l.inUse, Leases: len(l.leases), Waiters: l.waiters.Len()}
 		if front := l.waiters.Front(); front != nil {
-			s.OldestWait = now.Sub(front.Value.(*waiter).since)
+			s.OldestWait = mono - front.Value.(*waiter).asked
 		}
 		out = append(out, s)
 	}
@@ -486,11 +490,10 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 		m.mu.Unlock()
 		return limitd.Lease{}, false, errExceeds(name, p.Slots, l.rec.Capacity)
 	}
-	now := m.clock.Now()
-
 	// Fast path: only when nobody is queued, so nobody jumps the line.
 	if superseded == nil && l.waiters.Len() == 0 && l.inUse+p.Slots <= l.rec.Capacity {
-		ls := m.grantLocked(l, p.Slots, ttl, p.Holder, p.IdempotencyKey, now, now)
+		_, asked := m.clock.Read()
+		ls := m.grantLocked(l, p.Slots, ttl, p.Holder, p.IdempotencyKey, asked)
 		m.mu.Unlock()
 		return m.answerGrant(ctx, ls, false)
 	}
@@ -506,9 +509,11 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 			Message: "limit \"" + name + "\" already has the maximum number of waiters queued", RetryAfter: 1}
 	}
 
-	w := &waiter{slots: p.Slots, holder: p.Holder, ttl: ttl, key: p.IdempotencyKey, since: now, ready: make(chan struct{})}
+	since, asked := m.clock.Read()
+	w := &waiter{slots: p.Slots, holder: p.Holder, ttl: ttl, key: p.IdempotencyKey,
+		since: wall(since), asked: asked, ready: make(chan struct{})}
 	if superseded != nil {
-		w.since = superseded.since
+		w.since, w.asked = superseded.since, superseded.asked
 		w.elem = l.waiters.InsertBefore(w, superseded.elem)
 		m.rejectLocked(l, superseded, limitd.Errorf(limitd.CodeSuperseded,
 			"a newer request with the same Idempotency-Key took this request's place in the queue of limit %q", name))
@@ -628,7 +633,7 @@ func (m *Manager) liveLeaseLocked(id string) *lease {
 	if ls == nil {
 		return nil
 	}
-	if !m.clock.Now().Before(ls.deadline) {
+	if _, mono := m.clock.Read(); mono >= ls.deadline {
 		m.endLeaseLocked(m.limits[ls.rec.Limit], ls, true)
 		m.resetTimerLocked()
 		return nil
@@ -648,9 +653,9 @@ func (m *Manager) Renew(ctx context.Context, id string, ttl time.Duration) (limi
 	if ttl == 0 {
 		ttl = ls.rec.TTL
 	}
-	now := m.clock.Now()
-	ls.deadline = now.Add(ttl)
-	ls.rec.ExpiresAt = wall(ls.deadline)
+	now, mono := m.clock.Read()
+	ls.deadline = mono + ttl
+	ls.rec.ExpiresAt = wall(now.Add(ttl))
 	ls.rec.TTL = ttl
 	heap.Fix(&m.expiry, ls.heapIndex)
 	m.resetTimerLocked()
@@ -692,20 +697,21 @@ func (m *Manager) Release(ctx context.Context, id string) error {
 
 // ---- the paths every change shares ------------------------------------------
 
-// grantLocked creates a lease for slots that are known to fit and journals it.
-func (m *Manager) grantLocked(l *limit, slots int, ttl time.Duration, holder, key string, asked, now time.Time) *lease {
+// grantLocked creates a lease for slots that are known to fit and journals
+// it; asked is when the request arrived, on the monotonic clock.
+func (m *Manager) grantLocked(l *limit, slots int, ttl time.Duration, holder, key string, asked time.Duration) *lease {
 	m.fence++
-	deadline := now.Add(ttl)
+	now, mono := m.clock.Read()
 	ls := &lease{
 		rec: LeaseRecord{
 			ID: m.newID(), Limit: l.rec.Name, Slots: slots, Holder: holder, Fence: m.fence,
-			AcquiredAt: wall(now), ExpiresAt: wall(deadline), TTL: ttl, IdempotencyKey: key,
+			AcquiredAt: wall(now), ExpiresAt: wall(now.Add(ttl)), TTL: ttl, IdempotencyKey: key,
 		},
-		deadline: deadline,
+		deadline: mono + ttl,
 	}
 	m.addLeaseLocked(l, ls)
 	ls.granted = m.journal.Append(Change{Kind: ChangeGrant, Lease: ls.rec, Fence: m.fence})
-	m.obs.Granted(ls.rec, now.Sub(asked))
+	m.obs.Granted(ls.rec, mono-asked)
 	m.resetTimerLocked()
 	return ls
 }
@@ -725,7 +731,8 @@ func (m *Manager) addLeaseLocked(l *limit, ls *lease) {
 // Callers reset the expiry timer once they are done changing the heap.
 func (m *Manager) endLeaseLocked(l *limit, ls *lease, expired bool) *Commit {
 	m.dropLeaseLocked(l, ls)
-	m.obs.Ended(ls.rec, m.clock.Now().Sub(ls.rec.AcquiredAt), expired)
+	now, _ := m.clock.Read()
+	m.obs.Ended(ls.rec, now.Sub(ls.rec.AcquiredAt), expired)
 	commit := m.journal.Append(Change{Kind: ChangeRelease, Lease: ls.rec, Fence: m.fence})
 	m.notifyWaitersLocked(l)
 	return commit
@@ -751,7 +758,6 @@ func (m *Manager) notifyWaitersLocked(l *limit) {
 	if m.draining || l.deleted {
 		return
 	}
-	now := m.clock.Now()
 	for {
 		front := l.waiters.Front()
 		if front == nil {
@@ -763,7 +769,7 @@ func (m *Manager) notifyWaitersLocked(l *limit) {
 		}
 		l.waiters.Remove(front)
 		delete(l.keys, w.key)
-		w.lease = m.grantLocked(l, w.slots, w.ttl, w.holder, w.key, w.since, now)
+		w.lease = m.grantLocked(l, w.slots, w.ttl, w.holder, w.key, w.asked)
 		close(w.ready)
 	}
 }
@@ -799,19 +805,20 @@ func (m *Manager) resetTimerLocked() {
 	if len(m.expiry) == 0 {
 		if m.timer != nil {
 			m.timer.Stop()
-			m.timer, m.timerAt = nil, time.Time{}
+			m.timer, m.timerAt = nil, -1
 		}
 		return
 	}
 	next := m.expiry[0].deadline
-	if m.timer != nil && m.timerAt.Equal(next) {
+	if m.timer != nil && m.timerAt == next {
 		return
 	}
 	if m.timer != nil {
 		m.timer.Stop()
 	}
 	m.timerAt = next
-	m.timer = m.clock.AfterFunc(next.Sub(m.clock.Now()), m.expireDue)
+	_, mono := m.clock.Read()
+	m.timer = m.clock.AfterFunc(next-mono, m.expireDue)
 }
 
 // expireDue ends every lease whose deadline has passed. A call from a timer
@@ -823,19 +830,19 @@ func (m *Manager) expireDue() {
 	if m.closed {
 		return
 	}
-	now := m.clock.Now()
-	for len(m.expiry) > 0 && !now.Before(m.expiry[0].deadline) {
+	_, now := m.clock.Read()
+	for len(m.expiry) > 0 && now >= m.expiry[0].deadline {
 		ls := m.expiry[0]
 		m.endLeaseLocked(m.limits[ls.rec.Limit], ls, true)
 	}
-	m.timerAt = time.Time{}
+	m.timerAt = -1
 	m.resetTimerLocked()
 }
 
 type expiryHeap []*lease
 
 func (h expiryHeap) Len() int           { return len(h) }
-func (h expiryHeap) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].heapIndex = i

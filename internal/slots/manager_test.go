@@ -465,3 +465,35 @@ func TestRestoreExpiresOverdueLeasesAndKeepsFence(t *testing.T) {
 		t.Fatal("restored lease outlived its expiry")
 	}
 }
+
+// Expiry runs on the monotonic clock: stepping the wall clock (NTP, an
+// admin) neither expires a lease early nor keeps it alive late.
+func TestWallClockJumpDoesNotMoveExpiry(t *testing.T) {
+	t.Run("ForwardJumpDoesNotExpireEarly", func(t *testing.T) {
+		f := newFixture(t)
+		f.put(t, "j", 1)
+		l := f.acquire(t, "j", slots.AcquireParams{TTL: 10 * time.Second})
+		f.clock.JumpWall(time.Hour)
+		f.clock.Advance(9 * time.Second)
+		if _, err := f.m.Lease(l.ID); err != nil {
+			t.Fatalf("lease expired early after a wall-clock jump: %v", err)
+		}
+		if _, err := f.m.Renew(context.Background(), l.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("BackwardJumpDoesNotKeepAlive", func(t *testing.T) {
+		f := newFixture(t)
+		f.put(t, "j", 1)
+		l := f.acquire(t, "j", slots.AcquireParams{TTL: 10 * time.Second})
+		w := f.acquireAsync(t, context.Background(), "j", slots.AcquireParams{Wait: time.Minute})
+		f.clock.JumpWall(-time.Hour)
+		f.clock.Advance(10 * time.Second)
+		if r := recv(t, w); r.err != nil {
+			t.Fatalf("waiter not granted at the monotonic expiry: %v", r.err)
+		}
+		if _, err := f.m.Lease(l.ID); err == nil {
+			t.Fatal("lease outlived its TTL after the wall clock went back")
+		}
+	})
+}

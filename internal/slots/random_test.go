@@ -11,24 +11,25 @@ import (
 	"github.com/limitd/limitd/internal/slots"
 )
 
-// strictClock is the real clock with two changes that make the randomized
-// test's checks exact: times carry no monotonic reading (so all arithmetic
-// is on one scale) and every reading is strictly later than the one before
-// (so two requests never share an arrival time).
+// strictClock is the real clock with one change that makes the randomized
+// test's FIFO check exact: every reading is strictly later than the one
+// before, so two requests never share an arrival time, and both faces of a
+// reading are the same instant.
 type strictClock struct {
-	mu   sync.Mutex
-	last time.Time
+	mu    sync.Mutex
+	start time.Time
+	last  time.Duration
 }
 
-func (c *strictClock) Now() time.Time {
+func (c *strictClock) Read() (time.Time, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := time.Now().Round(0)
-	if !now.After(c.last) {
-		now = c.last.Add(time.Nanosecond)
+	mono := time.Since(c.start)
+	if mono <= c.last {
+		mono = c.last + time.Nanosecond
 	}
-	c.last = now
-	return now
+	c.last = mono
+	return c.start.Round(0).Add(mono), mono
 }
 
 func (c *strictClock) AfterFunc(d time.Duration, f func()) slots.Timer {
@@ -79,7 +80,7 @@ func TestRandomizedNeverOverAdmitsAndServesInOrder(t *testing.T) {
 	)
 	capacities := map[string]int{"small": 2, "wide": 5}
 	chk := &checker{capacity: capacities, inUse: map[string]int{}, lastSince: map[string]time.Time{}}
-	m := slots.New(slots.Config{Journal: &memJournal{}, Clock: &strictClock{}, Observer: chk, MaxWaiters: 1000})
+	m := slots.New(slots.Config{Journal: &memJournal{}, Clock: &strictClock{start: time.Now()}, Observer: chk, MaxWaiters: 1000})
 	defer m.Close()
 	for name, c := range capacities {
 		if _, _, err := m.PutLimit(context.Background(), name, slots.LimitSpec{Capacity: c}); err != nil {
