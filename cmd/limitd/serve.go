@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -32,6 +31,7 @@ type serveConfig struct {
 	LogLevel      string
 	ShutdownGrace time.Duration
 	Sync          string
+	HTTP          daemon.HTTPConfig
 }
 
 func defaultServeConfig() serveConfig {
@@ -48,6 +48,7 @@ func defaultServeConfig() serveConfig {
 		LogLevel:      "info",
 		ShutdownGrace: 5 * time.Second,
 		Sync:          "normal",
+		HTTP:          daemon.DefaultHTTPConfig(),
 	}
 }
 
@@ -64,6 +65,10 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "how long a graceful stop waits for requests to finish")
 	fs.StringVar(&c.Sync, "sync", c.Sync, "SQLite synchronous mode: normal (survives a process crash) or full (also power loss)")
+	fs.DurationVar(&c.HTTP.ReadHeaderTimeout, "read-header-timeout", c.HTTP.ReadHeaderTimeout, "time a client has to send its request headers (against slowloris)")
+	fs.DurationVar(&c.HTTP.ReadTimeout, "read-timeout", c.HTTP.ReadTimeout, "time a client has to send a whole request (long-polls are not cut)")
+	fs.DurationVar(&c.HTTP.IdleTimeout, "idle-timeout", c.HTTP.IdleTimeout, "how long an unused keep-alive connection stays open")
+	fs.IntVar(&c.HTTP.MaxConns, "max-conns", c.HTTP.MaxConns, "open connections at most (0: no cap beyond the file descriptor limit)")
 }
 
 // Validate checks every setting and names the flag of the first bad one.
@@ -91,6 +96,12 @@ func (c serveConfig) Validate() error {
 		return fmt.Errorf("--shutdown-grace %v must not be negative", c.ShutdownGrace)
 	case c.Sync != "normal" && c.Sync != "full":
 		return fmt.Errorf("--sync %q must be normal or full", c.Sync)
+	case c.HTTP.ReadHeaderTimeout <= 0 || c.HTTP.ReadTimeout <= 0 || c.HTTP.IdleTimeout <= 0:
+		return errors.New("--read-header-timeout, --read-timeout and --idle-timeout must be positive")
+	case c.HTTP.ReadHeaderTimeout > c.HTTP.ReadTimeout:
+		return fmt.Errorf("--read-header-timeout %v must not exceed --read-timeout %v", c.HTTP.ReadHeaderTimeout, c.HTTP.ReadTimeout)
+	case c.HTTP.MaxConns < 0:
+		return fmt.Errorf("--max-conns %d must not be negative", c.HTTP.MaxConns)
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
@@ -191,17 +202,9 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	}
 	defer d.Close()
 
-	httpSrv := &http.Server{
-		Handler:           d.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		// ReadTimeout covers headers and body only: net/http clears the
-		// deadline once the body is read, so long-polls are not cut.
-		ReadTimeout: 30 * time.Second,
-		IdleTimeout: 2 * time.Minute,
-		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	httpSrv := daemon.NewHTTPServer(d.Handler(), cfg.HTTP, log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpSrv.Serve(ln) }()
+	go func() { serveErr <- httpSrv.Serve(daemon.LimitListener(ln, cfg.HTTP.MaxConns)) }()
 
 	// Listening before loading lets probes see a live but unready server.
 	state, err := d.Load(ctx)
