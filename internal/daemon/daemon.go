@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/limitd/limitd/internal/api"
+	"github.com/limitd/limitd/internal/auth"
 	"github.com/limitd/limitd/internal/slots"
 	"github.com/limitd/limitd/internal/store"
 )
@@ -28,6 +29,8 @@ type Config struct {
 	MaxBody     int64
 	Logger      *slog.Logger
 	Clock       slots.Clock // the system clock when nil
+	// Tokens, when set, turns on bearer-token authentication (internal/auth).
+	Tokens *auth.Keyring
 }
 
 // Daemon is an open limitd: its state may not be loaded yet (see Load).
@@ -50,6 +53,10 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	mgr := slots.New(slots.Config{Journal: st, Clock: cfg.Clock, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters})
+	var middleware []func(http.Handler) http.Handler
+	if cfg.Tokens != nil {
+		middleware = append(middleware, auth.Middleware(cfg.Tokens, mgr.LeaseLimit))
+	}
 	srv := api.New(api.Config{
 		Manager:     mgr,
 		Logger:      log,
@@ -57,6 +64,7 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 		DefaultWait: cfg.DefaultWait,
 		MaxWait:     cfg.MaxWait,
 		MaxBody:     cfg.MaxBody,
+		Middleware:  middleware,
 	})
 	return &Daemon{Store: st, Manager: mgr, API: srv, log: log}, nil
 }
