@@ -271,8 +271,8 @@ func TestPatternEscapes(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, token, path string
-		status         int
-		code           limitd.Code
+		status            int
+		code              limitd.Code
 	}{
 		{"OwnLimit", tokWorkerA, "/v1/limits/team-a:x/acquire", 201, ""},
 		{"OtherTeam", tokWorkerA, "/v1/limits/team-b:x/acquire", 403, limitd.CodeForbidden},
