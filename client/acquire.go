@@ -144,7 +144,9 @@ func (c *Client) Acquire(ctx context.Context, limit string, opts ...AcquireOptio
 				return nil, fmt.Errorf("limitd: acquire %q: gave up after %v: %w", limit, cfg.wait, err)
 			}
 			failures++
-			if perr := c.pause(ctx, deadline, c.backoff(failures, resp.retryAfter)); perr != nil {
+			d := c.backoff(failures, resp.retryAfter)
+			c.log.WarnContext(ctx, "limitd: acquire failed, retrying", "limit", limit, "attempt", failures, "retry_in", d.Round(time.Millisecond), "err", err)
+			if perr := c.pause(ctx, deadline, d); perr != nil {
 				return nil, fmt.Errorf("limitd: acquire %q: %w (last error: %v)", limit, perr, err)
 			}
 		default:

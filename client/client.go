@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
@@ -69,6 +70,7 @@ type Client struct {
 	holder     string
 	minBackoff time.Duration
 	maxBackoff time.Duration
+	log        *slog.Logger
 }
 
 // Option configures a Client.
@@ -95,6 +97,17 @@ func WithToken(token string) Option {
 // use to see who holds a slot. The default is "HOSTNAME/pid-PID".
 func WithHolder(holder string) Option {
 	return func(c *Client) { c.holder = holder }
+}
+
+// WithLogger makes the client report what it otherwise handles silently:
+// retries of acquires and releases (Warn), failed renewals (Warn) and lost
+// leases (Error). The default discards them.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *Client) {
+		if l != nil {
+			c.log = l
+		}
+	}
 }
 
 // WithRetryBackoff sets the bounds of the exponential backoff between
@@ -134,9 +147,10 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	c := &Client{
 		base:       u,
 		hc:         &http.Client{},
-		holder:     defaultHolder(),
+		holder:     DefaultHolder(),
 		minBackoff: DefaultMinBackoff,
 		maxBackoff: DefaultMaxBackoff,
+		log:        slog.New(slog.DiscardHandler),
 	}
 	for _, opt := range opts {
 		opt(c)
@@ -153,7 +167,9 @@ func (c *Client) Holder() string { return c.holder }
 // URL is the base URL of the server.
 func (c *Client) URL() string { return c.base.String() }
 
-func defaultHolder() string {
+// DefaultHolder is the holder name of a client without WithHolder:
+// "HOSTNAME/pid-PID".
+func DefaultHolder() string {
 	host, err := os.Hostname()
 	if err != nil || host == "" {
 		host = "unknown-host"

@@ -145,7 +145,9 @@ func (l *Lease) Release(ctx context.Context) error {
 			return nil
 		}
 		failures++
-		if perr := l.c.pause(ctx, l.localDeadline(), l.c.backoff(failures, resp.retryAfter)); perr != nil {
+		d := l.c.backoff(failures, resp.retryAfter)
+		l.c.log.WarnContext(ctx, "limitd: release failed, retrying", "lease", l.id, "limit", l.limit, "attempt", failures, "retry_in", d.Round(time.Millisecond), "err", err)
+		if perr := l.c.pause(ctx, l.localDeadline(), d); perr != nil {
 			return fmt.Errorf("limitd: release lease %s: %w (last error: %v)", l.id, perr, err)
 		}
 	}
@@ -187,7 +189,7 @@ func (l *Lease) renew(ctx context.Context) {
 		}
 		deadline := l.localDeadline()
 		if !time.Now().Before(deadline) {
-			l.lose(fmt.Errorf("%w: lease %s of %q expired at %s before the server could be reached to renew it: %w",
+			l.markLost(fmt.Errorf("%w: lease %s of %q expired at %s before the server could be reached to renew it: %w",
 				ErrLeaseLost, l.id, l.limit, l.ExpiresAt().Format(time.RFC3339Nano), lastErr))
 			return
 		}
@@ -209,16 +211,24 @@ func (l *Lease) renew(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, ErrLeaseNotFound), errors.Is(err, ErrLimitNotFound):
-			l.lose(fmt.Errorf("%w: lease %s of %q: %w", ErrLeaseLost, l.id, l.limit, err))
+			l.markLost(fmt.Errorf("%w: lease %s of %q: %w", ErrLeaseLost, l.id, l.limit, err))
 			return
 		default:
 			// Anything else (network, 503, even 401 while tokens are
 			// being rotated) may pass before the deadline; keep trying.
 			lastErr = err
 			failures++
-			t.Reset(min(l.c.backoff(failures, resp.retryAfter), max(time.Until(deadline), 0)))
+			d := min(l.c.backoff(failures, resp.retryAfter), max(time.Until(deadline), 0))
+			l.c.log.Warn("limitd: renew failed, retrying", "lease", l.id, "limit", l.limit, "attempt", failures, "retry_in", d.Round(time.Millisecond), "expires_in", time.Until(deadline).Round(time.Millisecond), "err", err)
+			t.Reset(d)
 		}
 	}
+}
+
+// markLost records why the lease was lost and closes Done.
+func (l *Lease) markLost(err error) {
+	l.c.log.Error("limitd: lease lost", "lease", l.id, "limit", l.limit, "err", err)
+	l.lose(err)
 }
 
 // renew sends one renew; ttl 0 keeps the lease's own TTL.

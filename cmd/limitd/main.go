@@ -41,6 +41,9 @@ func commands() map[string]command {
 	return map[string]command{
 		"serve":   {"run the server (the default)", runServe},
 		"version": {"print the version", runVersion},
+		"run":     {"hold a slot of a limit while a command runs", runRun},
+		"limits":  {"manage limits: set, get, ls, rm, waiters", runLimits},
+		"leases":  {"inspect and revoke leases: ls, get, rm", runLeases},
 	}
 }
 
