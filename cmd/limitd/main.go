@@ -44,6 +44,7 @@ func commands() map[string]command {
 		"run":     {"hold a slot of a limit while a command runs", runRun},
 		"limits":  {"manage limits: set, get, ls, rm, waiters", runLimits},
 		"leases":  {"inspect and revoke leases: ls, get, rm", runLeases},
+		"token":   {"create a bearer token: token new NAME SCOPE PATTERN", runToken},
 	}
 }
 
