@@ -15,10 +15,13 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/limitd/limitd/internal/slots"
@@ -114,14 +117,25 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	s := &Store{db: db, opts: opts, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("store: opening %s: %w", path, describeOpenError(err))
+		return nil, fmt.Errorf("store: opening %s: %w", path, describeOpenError(path, err))
 	}
 	go s.writeLoop()
 	return s, nil
 }
 
-func describeOpenError(err error) error {
+// describeOpenError says in words what SQLite's terse open errors mean,
+// looking at the file system where SQLite does not say.
+func describeOpenError(path string, err error) error {
 	msg := err.Error()
+	dir := filepath.Dir(path)
+	if _, statErr := os.Stat(dir); errors.Is(statErr, fs.ErrNotExist) {
+		return fmt.Errorf("the directory %s does not exist: %w", dir, err)
+	}
+	for _, p := range []string{path, dir} {
+		if accessErr := syscall.Access(p, 2 /* W_OK */); errors.Is(accessErr, syscall.EROFS) || errors.Is(accessErr, syscall.EACCES) {
+			return fmt.Errorf("the database or its directory is read-only (%s: %v): %w", p, accessErr, err)
+		}
+	}
 	switch {
 	case strings.Contains(msg, "database is locked") || strings.Contains(msg, "SQLITE_BUSY"):
 		return fmt.Errorf("the database is locked by another process (is another limitd running on this file?): %w", err)
