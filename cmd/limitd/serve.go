@@ -32,6 +32,7 @@ type serveConfig struct {
 	ShutdownGrace time.Duration
 	Sync          string
 	HTTP          daemon.HTTPConfig
+	Security      securityConfig
 }
 
 func defaultServeConfig() serveConfig {
@@ -69,6 +70,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HTTP.ReadTimeout, "read-timeout", c.HTTP.ReadTimeout, "time a client has to send a whole request (long-polls are not cut)")
 	fs.DurationVar(&c.HTTP.IdleTimeout, "idle-timeout", c.HTTP.IdleTimeout, "how long an unused keep-alive connection stays open")
 	fs.IntVar(&c.HTTP.MaxConns, "max-conns", c.HTTP.MaxConns, "open connections at most (0: no cap beyond the file descriptor limit)")
+	c.Security.register(fs)
 }
 
 // Validate checks every setting and names the flag of the first bad one.
@@ -106,7 +108,7 @@ func (c serveConfig) Validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return err
 	}
-	return nil
+	return c.Security.validate(c.Addr)
 }
 
 // envName is the environment variable of a flag: --max-ttl is LIMITD_MAX_TTL.
@@ -180,6 +182,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 // in-flight requests get the grace period, and queued writes are committed.
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	start := time.Now()
+	sec, err := cfg.Security.open(log)
+	if err != nil {
+		return err
+	}
+	defer sec.close()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
@@ -196,15 +203,20 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 		MaxWaiters:  cfg.MaxWaiters,
 		MaxBody:     cfg.MaxBody,
 		Logger:      log,
+		Tokens:      sec.tokens,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 
-	httpSrv := daemon.NewHTTPServer(d.Handler(), cfg.HTTP, log)
+	httpSrv := daemon.NewHTTPServer(sec.handler(d.Handler()), cfg.HTTP, log)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpSrv.Serve(daemon.LimitListener(ln, cfg.HTTP.MaxConns)) }()
+	go func() { serveErr <- httpSrv.Serve(sec.listener(daemon.LimitListener(ln, cfg.HTTP.MaxConns))) }()
+	if err := sec.startMetrics(d.Handler()); err != nil {
+		httpSrv.Close()
+		return err
+	}
 
 	// Listening before loading lets probes see a live but unready server.
 	state, err := d.Load(ctx)
@@ -228,6 +240,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 		log.Warn("requests still running at the end of the grace period were cut", "err", err)
 		httpSrv.Close()
 	}
+	sec.stopMetrics() // before the daemon closes: a scrape reads the manager
 	if err := d.Close(); err != nil {
 		return err
 	}
