@@ -60,6 +60,7 @@ type Manager struct {
 	expiry   expiryHeap
 	timer    Timer
 	timerAt  time.Duration // deadline the timer is set for; -1 when none
+	timerGen uint64        // which AfterFunc is the current timer
 	fence    uint64
 	draining bool // no new acquires, no grants to queued waiters
 	closed   bool // no expiry timer any more
@@ -797,45 +798,44 @@ func (m *Manager) removeWaiterLocked(l *limit, w *waiter) {
 
 // ---- expiry ----------------------------------------------------------------
 
-// resetTimerLocked points the single expiry timer at the soonest deadline.
+// resetTimerLocked makes sure the single expiry timer fires no later than
+// the soonest deadline. It may fire earlier — the lease it was set for was
+// released or renewed meanwhile — and then expireDue expires nothing and
+// re-arms it. Moving the timer only when a sooner deadline appears keeps
+// timer work off the grant and release path.
 func (m *Manager) resetTimerLocked() {
-	if m.closed {
-		return
-	}
-	if len(m.expiry) == 0 {
-		if m.timer != nil {
-			m.timer.Stop()
-			m.timer, m.timerAt = nil, -1
-		}
+	if m.closed || len(m.expiry) == 0 {
 		return
 	}
 	next := m.expiry[0].deadline
-	if m.timer != nil && m.timerAt == next {
+	if m.timer != nil && m.timerAt <= next {
 		return
 	}
 	if m.timer != nil {
 		m.timer.Stop()
 	}
+	m.timerGen++
+	gen := m.timerGen
 	m.timerAt = next
 	_, mono := m.clock.Read()
-	m.timer = m.clock.AfterFunc(next-mono, m.expireDue)
+	m.timer = m.clock.AfterFunc(next-mono, func() { m.expireDue(gen) })
 }
 
-// expireDue ends every lease whose deadline has passed. A call from a timer
-// that was replaced just as it fired is harmless: it expires only what is due
-// and re-arms the timer for the soonest deadline.
-func (m *Manager) expireDue() {
+// expireDue ends every lease whose deadline has passed and re-arms the
+// timer. A call from a timer that was replaced as it fired (an older
+// generation) does nothing: the newer timer is armed already.
+func (m *Manager) expireDue(gen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
+	if m.closed || gen != m.timerGen {
 		return
 	}
+	m.timer, m.timerAt = nil, -1
 	_, now := m.clock.Read()
 	for len(m.expiry) > 0 && now >= m.expiry[0].deadline {
 		ls := m.expiry[0]
 		m.endLeaseLocked(m.limits[ls.rec.Limit], ls, true)
 	}
-	m.timerAt = -1
 	m.resetTimerLocked()
 }
 
