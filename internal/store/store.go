@@ -50,8 +50,9 @@ type Options struct {
 
 // Store is an open database plus its batching writer.
 type Store struct {
-	db   *sql.DB
-	opts Options
+	db    *sql.DB
+	opts  Options
+	stmts statements
 
 	mu      sync.Mutex
 	pending []pendingChange
@@ -118,6 +119,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: opening %s: %w", path, describeOpenError(path, err))
+	}
+	if err := s.stmts.prepare(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: opening %s: preparing statements: %w", path, err)
 	}
 	go s.writeLoop()
 	return s, nil
@@ -315,6 +320,7 @@ func (s *Store) Close() error {
 		s.signal()
 	}
 	<-s.done
+	s.stmts.close()
 	return s.db.Close()
 }
 
@@ -388,58 +394,25 @@ func (s *Store) apply(retry []slots.Change, batch []pendingChange) error {
 		return err
 	}
 	defer tx.Rollback()
+	st := s.stmts.in(ctx, tx)
 	var fence uint64
 	for _, c := range retry {
-		if err := applyChange(ctx, tx, c); err != nil {
+		if err := st.apply(ctx, c); err != nil {
 			return err
 		}
 	}
 	for _, p := range batch {
-		if err := applyChange(ctx, tx, p.change); err != nil {
+		if err := st.apply(ctx, p.change); err != nil {
 			return err
 		}
 		fence = max(fence, p.change.Fence)
 	}
 	if fence > 0 {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES ('fence', ?)
-			ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)`, int64(fence)); err != nil {
+		if _, err := st.saveFence.ExecContext(ctx, int64(fence)); err != nil {
 			return fmt.Errorf("saving the fence counter: %w", err)
 		}
 	}
 	return tx.Commit()
-}
-
-func applyChange(ctx context.Context, tx *sql.Tx, c slots.Change) error {
-	var err error
-	switch c.Kind {
-	case slots.ChangeGrant:
-		l := c.Lease
-		_, err = tx.ExecContext(ctx, `INSERT INTO leases (id, limit_name, slots, holder, fence, acquired_at_ns, expires_at_ns, ttl_ns, idempotency_key)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			l.ID, l.Limit, l.Slots, l.Holder, int64(l.Fence), l.AcquiredAt.UnixNano(), l.ExpiresAt.UnixNano(), int64(l.TTL), l.IdempotencyKey)
-	case slots.ChangeRenew:
-		_, err = tx.ExecContext(ctx, `UPDATE leases SET expires_at_ns = ?, ttl_ns = ? WHERE id = ?`,
-			c.Lease.ExpiresAt.UnixNano(), int64(c.Lease.TTL), c.Lease.ID)
-	case slots.ChangeRelease:
-		_, err = tx.ExecContext(ctx, `DELETE FROM leases WHERE id = ?`, c.Lease.ID)
-	case slots.ChangePutLimit:
-		l := c.Limit
-		_, err = tx.ExecContext(ctx, `INSERT INTO limits (name, capacity, default_ttl_ns, description, created_at_ns, updated_at_ns)
-			VALUES (?, ?, ?, ?, ?, ?)
-			ON CONFLICT (name) DO UPDATE SET capacity = excluded.capacity, default_ttl_ns = excluded.default_ttl_ns,
-				description = excluded.description, updated_at_ns = excluded.updated_at_ns`,
-			l.Name, l.Capacity, int64(l.DefaultTTL), l.Description, l.CreatedAt.UnixNano(), l.UpdatedAt.UnixNano())
-	case slots.ChangeDeleteLimit:
-		if _, err = tx.ExecContext(ctx, `DELETE FROM leases WHERE limit_name = ?`, c.Limit.Name); err == nil {
-			_, err = tx.ExecContext(ctx, `DELETE FROM limits WHERE name = ?`, c.Limit.Name)
-		}
-	default:
-		err = fmt.Errorf("unknown change kind %d", c.Kind)
-	}
-	if err != nil {
-		return fmt.Errorf("applying change %d: %w", c.Kind, err)
-	}
-	return nil
 }
 
 func fromNanos(ns int64) time.Time { return time.Unix(0, ns).UTC() }
