@@ -13,8 +13,11 @@ import (
 
 	"github.com/limitd/limitd/internal/api"
 	"github.com/limitd/limitd/internal/auth"
+	"github.com/limitd/limitd/internal/metrics"
+	"github.com/limitd/limitd/internal/obslog"
 	"github.com/limitd/limitd/internal/slots"
 	"github.com/limitd/limitd/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is everything the daemon needs besides its listener.
@@ -38,7 +41,11 @@ type Daemon struct {
 	Store   *store.Store
 	Manager *slots.Manager
 	API     *api.Server
-	log     *slog.Logger
+	// Registry holds every metric served at /metrics; Metrics feeds it.
+	Registry *prometheus.Registry
+	Metrics  *metrics.Metrics
+	events   *obslog.Logger
+	log      *slog.Logger
 }
 
 // Open opens the database and builds the manager and API. The API answers
@@ -48,12 +55,21 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync})
+	reg := prometheus.NewRegistry()
+	// The manager takes the metrics as its observer, so they are built
+	// first and read the manager's state through mgr once it is set; no
+	// scrape can come before Open returns.
+	var mgr *slots.Manager
+	met := metrics.New(reg, metrics.StatsFunc(func() []slots.LimitStats { return mgr.Stats() }))
+	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync, OnCommit: met.ObserveCommit})
 	if err != nil {
 		return nil, err
 	}
-	mgr := slots.New(slots.Config{Journal: st, Clock: cfg.Clock, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters})
-	var middleware []func(http.Handler) http.Handler
+	events := obslog.New(log)
+	mgr = slots.New(slots.Config{Journal: st, Clock: cfg.Clock, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters,
+		Observer: obslog.Multi(met, events)})
+	// Metrics first: requests refused by later middleware are counted too.
+	middleware := []func(http.Handler) http.Handler{met.Middleware}
 	if cfg.Tokens != nil {
 		middleware = append(middleware, auth.Middleware(cfg.Tokens, mgr.LeaseLimit))
 	}
@@ -65,8 +81,9 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 		MaxWait:     cfg.MaxWait,
 		MaxBody:     cfg.MaxBody,
 		Middleware:  middleware,
+		Metrics:     met.Handler(),
 	})
-	return &Daemon{Store: st, Manager: mgr, API: srv, log: log}, nil
+	return &Daemon{Store: st, Manager: mgr, API: srv, Registry: reg, Metrics: met, events: events, log: log}, nil
 }
 
 // Load reads the durable state into the manager, expires the leases that
@@ -80,6 +97,9 @@ func (d *Daemon) Load(ctx context.Context) (store.State, error) {
 		if err := c.Wait(ctx); err != nil {
 			return state, fmt.Errorf("expiring leases that expired while limitd was down: %w", err)
 		}
+	}
+	for _, l := range state.Limits {
+		d.Metrics.InitLimit(l.Name)
 	}
 	d.API.SetReady(true)
 	return state, nil
@@ -95,6 +115,7 @@ func (d *Daemon) Drain() { d.API.StartDraining() }
 // database. Serve no requests after it.
 func (d *Daemon) Close() error {
 	d.Manager.Close()
+	defer d.events.Close()
 	if err := d.Store.Close(); err != nil {
 		return fmt.Errorf("closing the database: %w", err)
 	}
