@@ -45,6 +45,7 @@ func commands() map[string]command {
 		"limits":  {"manage limits: set, get, ls, rm, waiters", runLimits},
 		"leases":  {"inspect and revoke leases: ls, get, rm", runLeases},
 		"token":   {"create a bearer token: token new NAME SCOPE PATTERN", runToken},
+		"health":  {"check that a server is alive", runHealth},
 	}
 }
 
