@@ -142,9 +142,6 @@ type Set struct {
 // Len is the number of tokens in the set.
 func (s *Set) Len() int { return len(s.tokens) }
 
-// Tokens returns a copy of the tokens, in file order.
-func (s *Set) Tokens() []Token { return append([]Token(nil), s.tokens...) }
-
 // Lookup finds the token whose hash is the SHA-256 of presented.
 //
 // It compares the hash with every entry in constant time and never stops
@@ -247,15 +244,19 @@ func parseFields(f []string) (Token, error) {
 	}
 	tok := Token{Name: f[0], Scope: scope, Pattern: pattern}
 	if len(f[3]) != 2*sha256.Size {
-		return Token{}, errHashField
+		return Token{}, errHashField()
 	}
 	if _, err := hex.Decode(tok.hash[:], []byte(f[3])); err != nil {
-		return Token{}, errHashField
+		return Token{}, errHashField()
 	}
 	return tok, nil
 }
 
-var errHashField = errors.New("the last field must be the 64 hex digits of the token's SHA-256 (as printed by \"limitd token new\"), not the token itself")
+// errHashField never quotes the field: it may well be a token pasted in
+// place of its hash.
+func errHashField() error {
+	return errors.New("the last field must be the 64 hex digits of the token's SHA-256 (as printed by \"limitd token new\"), not the token itself")
+}
 
 // ParseFile reads the tokens file at path.
 func ParseFile(path string) (*Set, error) {
