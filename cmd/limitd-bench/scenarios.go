@@ -367,9 +367,9 @@ func writeBigDatabase(ctx context.Context, path string, n int) error {
 	var last *slots.Commit
 	for i := range n {
 		name := fmt.Sprintf("limit-%06d", i)
-		st.Append(slots.Change{Kind: slots.ChangePutLimit, Limit: slots.LimitRecord{Name: name, Capacity: 2, CreatedAt: now, UpdatedAt: now}})
+		st.Write(slots.Change{Kind: slots.ChangePutLimit, Limit: slots.LimitRecord{Name: name, Capacity: 2, CreatedAt: now, UpdatedAt: now}})
 		fence := uint64(i + 1)
-		last = st.Append(slots.Change{Kind: slots.ChangeGrant, Fence: fence, Lease: slots.LeaseRecord{
+		last = st.Write(slots.Change{Kind: slots.ChangeGrant, Fence: fence, Lease: slots.LeaseRecord{
 			ID: fmt.Sprintf("01JC%022d", i), Limit: name, Slots: 1, Holder: "bench", Fence: fence,
 			AcquiredAt: now, ExpiresAt: now.Add(time.Hour), TTL: time.Hour,
 		}})

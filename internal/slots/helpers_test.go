@@ -109,21 +109,21 @@ type memJournal struct {
 	queued  []*slots.Commit
 }
 
-func (j *memJournal) Append(c slots.Change) *slots.Commit {
+func (j *memJournal) Append(entries []slots.Entry) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	commit := slots.NewCommit()
-	if j.failing != nil {
-		commit.Resolve(j.failing)
-		return commit
+	for _, e := range entries {
+		if j.failing != nil {
+			e.Commit.Resolve(j.failing)
+			continue
+		}
+		j.changes = append(j.changes, e.Change)
+		if j.held {
+			j.queued = append(j.queued, e.Commit)
+			continue
+		}
+		e.Commit.Resolve(nil)
 	}
-	j.changes = append(j.changes, c)
-	if j.held {
-		j.queued = append(j.queued, commit)
-		return commit
-	}
-	commit.Resolve(nil)
-	return commit
 }
 
 func (j *memJournal) Hold() {

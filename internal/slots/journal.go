@@ -60,13 +60,22 @@ type Change struct {
 	Fence uint64
 }
 
+// Entry is one change and the Commit that will tell its outcome.
+type Entry struct {
+	Change Change
+	Commit *Commit
+}
+
 // Journal makes changes durable. The manager calls Append with its lock
-// held, in the order it made its decisions, so Append must only queue the
-// change and return; the journal then commits queued changes in that order,
-// many to a transaction (group commit). Callers wait on the returned Commit
-// outside the lock.
+// held, once at the end of each critical section that changed state, with
+// every change of that section in the order it made them — so a release and
+// the grant it lets through reach the journal together and can share one
+// commit. Append must only queue the entries (copying the slice, which the
+// manager reuses) and return; the journal then commits queued changes in
+// order, many to a transaction (group commit), and resolves each Commit.
+// Callers wait on their Commit outside the lock.
 type Journal interface {
-	Append(c Change) *Commit
+	Append(entries []Entry)
 }
 
 // Commit is the outcome of one appended change. It is resolved once, by the

@@ -62,6 +62,9 @@ type Manager struct {
 	timerAt  time.Duration // deadline the timer is set for; -1 when none
 	timerGen uint64        // which AfterFunc is the current timer
 	fence    uint64
+	// pending holds the changes of the current critical section; unlock
+	// hands them to the journal in one call.
+	pending  []Entry
 	draining bool // no new acquires, no grants to queued waiters
 	closed   bool // no expiry timer any more
 }
@@ -144,7 +147,7 @@ func New(cfg Config) *Manager {
 // dropped the same way.
 func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint64) []*Commit {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	for _, rec := range limits {
 		m.limits[rec.Name] = newLimit(rec)
 	}
@@ -160,7 +163,7 @@ func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint
 			if l != nil {
 				m.obs.Ended(rec, now.Sub(rec.AcquiredAt), true)
 			}
-			commits = append(commits, m.journal.Append(Change{Kind: ChangeRelease, Lease: rec, Fence: m.fence}))
+			commits = append(commits, m.appendLocked(Change{Kind: ChangeRelease, Lease: rec, Fence: m.fence}))
 			continue
 		}
 		done := NewCommit()
@@ -178,12 +181,31 @@ func newLimit(rec LimitRecord) *limit {
 	return &limit{rec: rec, leases: make(map[string]*lease), keys: make(map[string]keyed)}
 }
 
+// appendLocked queues a change for the journal at the end of the current
+// critical section and returns its Commit.
+func (m *Manager) appendLocked(c Change) *Commit {
+	commit := NewCommit()
+	m.pending = append(m.pending, Entry{Change: c, Commit: commit})
+	return commit
+}
+
+// unlock hands the critical section's changes to the journal, still under
+// the lock so that their order is the order of the decisions, and unlocks.
+func (m *Manager) unlock() {
+	if len(m.pending) > 0 {
+		m.journal.Append(m.pending)
+		clear(m.pending)
+		m.pending = m.pending[:0]
+	}
+	m.mu.Unlock()
+}
+
 // Drain answers every waiter with shutting_down and refuses new acquires;
 // leases are kept (they are durable). It is the first step of a graceful
 // shutdown.
 func (m *Manager) Drain() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	m.draining = true
 	for _, l := range m.limits {
 		for e := l.waiters.Front(); e != nil; {
@@ -197,7 +219,7 @@ func (m *Manager) Drain() {
 // Close stops the expiry timer. The manager must not be used afterwards.
 func (m *Manager) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	m.draining = true
 	m.closed = true
 	if m.timer != nil {
@@ -250,8 +272,8 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 		before = &prev
 		rec.CreatedAt = prev.CreatedAt
 	}
-	commit := m.journal.Append(Change{Kind: ChangePutLimit, Limit: rec, Fence: m.fence})
-	m.mu.Unlock()
+	commit := m.appendLocked(Change{Kind: ChangePutLimit, Limit: rec, Fence: m.fence})
+	m.unlock()
 
 	// Waiting here without ctx: once appended, the outcome decides what
 	// memory must look like, whether or not the admin is still listening.
@@ -261,7 +283,7 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 	}
 
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	l := m.limits[name]
 	created := l == nil
 	if created {
@@ -291,7 +313,7 @@ func errExceeds(name string, slots, capacity int) error {
 // GetLimit returns one limit.
 func (m *Manager) GetLimit(name string) (limitd.Limit, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	l := m.limits[name]
 	if l == nil {
 		return limitd.Limit{}, errLimitNotFound(name)
@@ -302,7 +324,7 @@ func (m *Manager) GetLimit(name string) (limitd.Limit, error) {
 // Limits returns every limit, sorted by name in byte order.
 func (m *Manager) Limits() []limitd.Limit {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	out := make([]limitd.Limit, 0, len(m.limits))
 	for _, l := range m.limits {
 		out = append(out, m.limitViewLocked(l))
@@ -320,7 +342,7 @@ func (m *Manager) DeleteLimit(ctx context.Context, name string) error {
 	m.mu.Lock()
 	l := m.limits[name]
 	if l == nil {
-		m.mu.Unlock()
+		m.unlock()
 		return errLimitNotFound(name)
 	}
 	l.deleted = true
@@ -335,8 +357,8 @@ func (m *Manager) DeleteLimit(ctx context.Context, name string) error {
 	delete(m.limits, name)
 	m.resetTimerLocked()
 	m.obs.LimitDeleted(l.rec)
-	commit := m.journal.Append(Change{Kind: ChangeDeleteLimit, Limit: l.rec, Fence: m.fence})
-	m.mu.Unlock()
+	commit := m.appendLocked(Change{Kind: ChangeDeleteLimit, Limit: l.rec, Fence: m.fence})
+	m.unlock()
 	if err := commit.Wait(ctx); err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -366,7 +388,7 @@ func (m *Manager) limitViewLocked(l *limit) limitd.Limit {
 // Leases returns the live leases of a limit, oldest grant first.
 func (m *Manager) Leases(name string) ([]limitd.Lease, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	l := m.limits[name]
 	if l == nil {
 		return nil, errLimitNotFound(name)
@@ -382,7 +404,7 @@ func (m *Manager) Leases(name string) ([]limitd.Lease, error) {
 // Waiters returns the queue of a limit, head first.
 func (m *Manager) Waiters(name string) ([]limitd.Waiter, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	l := m.limits[name]
 	if l == nil {
 		return nil, errLimitNotFound(name)
@@ -416,7 +438,7 @@ type LimitStats struct {
 // Stats returns a consistent snapshot of every limit, taken under one lock.
 func (m *Manager) Stats() []LimitStats {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	_, mono := m.clock.Read()
 	out := make([]LimitStats, 0, len(m.limits))
 	for _, l := range m.limits {
@@ -456,12 +478,12 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 	}
 	m.mu.Lock()
 	if m.draining {
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, errShuttingDown()
 	}
 	l := m.limits[name]
 	if l == nil {
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, errLimitNotFound(name)
 	}
 	ttl := p.TTL
@@ -477,7 +499,7 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 		if k, ok := l.keys[p.IdempotencyKey]; ok {
 			if k.lease != nil && m.liveLeaseLocked(k.lease.rec.ID) == k.lease {
 				ls := k.lease
-				m.mu.Unlock()
+				m.unlock()
 				return m.answerGrant(ctx, ls, true)
 			}
 			// The same request came again while its first copy still waits:
@@ -488,24 +510,24 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 	}
 	if l.rec.Capacity > 0 && p.Slots > l.rec.Capacity {
 		m.obs.NotGranted(name, ResultRejected)
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, errExceeds(name, p.Slots, l.rec.Capacity)
 	}
 	// Fast path: only when nobody is queued, so nobody jumps the line.
 	if superseded == nil && l.waiters.Len() == 0 && l.inUse+p.Slots <= l.rec.Capacity {
 		_, asked := m.clock.Read()
 		ls := m.grantLocked(l, p.Slots, ttl, p.Holder, p.IdempotencyKey, asked)
-		m.mu.Unlock()
+		m.unlock()
 		return m.answerGrant(ctx, ls, false)
 	}
 	if p.Wait <= 0 && superseded == nil {
 		m.obs.NotGranted(name, ResultTimeout)
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, errNoSlots(name, p.Slots)
 	}
 	if superseded == nil && l.waiters.Len() >= m.maxWaiters {
 		m.obs.NotGranted(name, ResultRejected)
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, &limitd.Error{Code: limitd.CodeQueueFull,
 			Message: "limit \"" + name + "\" already has the maximum number of waiters queued", RetryAfter: 1}
 	}
@@ -526,7 +548,7 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 	}
 	// A superseding request may find its slots free already.
 	m.notifyWaitersLocked(l)
-	m.mu.Unlock()
+	m.unlock()
 
 	timeout := make(chan struct{})
 	timer := m.clock.AfterFunc(p.Wait, func() { close(timeout) })
@@ -545,18 +567,18 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 		// The outcome arrived as the wait ended. A grant is kept if the
 		// client is still there (it would otherwise have to ask again);
 		// answerWaiter gives it back if the client went away.
-		m.mu.Unlock()
+		m.unlock()
 		return m.answerWaiter(ctx, w)
 	default:
 	}
 	m.removeWaiterLocked(l, w)
 	if ctx.Err() != nil {
 		m.obs.NotGranted(name, ResultCanceled)
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, false, ctx.Err()
 	}
 	m.obs.NotGranted(name, ResultTimeout)
-	m.mu.Unlock()
+	m.unlock()
 	return limitd.Lease{}, false, errNoSlots(name, p.Slots)
 }
 
@@ -580,7 +602,7 @@ func (m *Manager) answerGrant(ctx context.Context, ls *lease, replayed bool) (li
 	if err == nil {
 		m.mu.Lock()
 		view := leaseView(ls.rec)
-		m.mu.Unlock()
+		m.unlock()
 		return view, replayed, nil
 	}
 	if replayed {
@@ -598,7 +620,7 @@ func (m *Manager) answerGrant(ctx context.Context, ls *lease, replayed bool) (li
 		m.endLeaseLocked(l, ls, false)
 		m.resetTimerLocked()
 	}
-	m.mu.Unlock()
+	m.unlock()
 	if ctx.Err() != nil {
 		return limitd.Lease{}, false, ctx.Err()
 	}
@@ -608,7 +630,7 @@ func (m *Manager) answerGrant(ctx context.Context, ls *lease, replayed bool) (li
 // Lease returns one live lease.
 func (m *Manager) Lease(id string) (limitd.Lease, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	ls := m.liveLeaseLocked(id)
 	if ls == nil {
 		return limitd.Lease{}, errLeaseNotFound(id)
@@ -619,7 +641,7 @@ func (m *Manager) Lease(id string) (limitd.Lease, error) {
 // LeaseLimit returns the limit a live lease belongs to, for authorization.
 func (m *Manager) LeaseLimit(id string) (string, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	ls := m.liveLeaseLocked(id)
 	if ls == nil {
 		return "", errLeaseNotFound(id)
@@ -648,7 +670,7 @@ func (m *Manager) Renew(ctx context.Context, id string, ttl time.Duration) (limi
 	m.mu.Lock()
 	ls := m.liveLeaseLocked(id)
 	if ls == nil {
-		m.mu.Unlock()
+		m.unlock()
 		return limitd.Lease{}, errLeaseNotFound(id)
 	}
 	if ttl == 0 {
@@ -662,8 +684,8 @@ func (m *Manager) Renew(ctx context.Context, id string, ttl time.Duration) (limi
 	m.resetTimerLocked()
 	m.obs.Renewed(ls.rec)
 	view := leaseView(ls.rec)
-	commit := m.journal.Append(Change{Kind: ChangeRenew, Lease: ls.rec, Fence: m.fence})
-	m.mu.Unlock()
+	commit := m.appendLocked(Change{Kind: ChangeRenew, Lease: ls.rec, Fence: m.fence})
+	m.unlock()
 	// A renew that fails to commit keeps its new deadline in memory: the
 	// client is told 503 and retries, and after a crash the lease would only
 	// expire earlier (at its old, durable deadline), never later.
@@ -681,12 +703,12 @@ func (m *Manager) Release(ctx context.Context, id string) error {
 	m.mu.Lock()
 	ls := m.liveLeaseLocked(id)
 	if ls == nil {
-		m.mu.Unlock()
+		m.unlock()
 		return errLeaseNotFound(id)
 	}
 	commit := m.endLeaseLocked(m.limits[ls.rec.Limit], ls, false)
 	m.resetTimerLocked()
-	m.mu.Unlock()
+	m.unlock()
 	if err := commit.Wait(ctx); err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -711,7 +733,7 @@ func (m *Manager) grantLocked(l *limit, slots int, ttl time.Duration, holder, ke
 		deadline: mono + ttl,
 	}
 	m.addLeaseLocked(l, ls)
-	ls.granted = m.journal.Append(Change{Kind: ChangeGrant, Lease: ls.rec, Fence: m.fence})
+	ls.granted = m.appendLocked(Change{Kind: ChangeGrant, Lease: ls.rec, Fence: m.fence})
 	m.obs.Granted(ls.rec, mono-asked)
 	m.resetTimerLocked()
 	return ls
@@ -734,7 +756,7 @@ func (m *Manager) endLeaseLocked(l *limit, ls *lease, expired bool) *Commit {
 	m.dropLeaseLocked(l, ls)
 	now, _ := m.clock.Read()
 	m.obs.Ended(ls.rec, now.Sub(ls.rec.AcquiredAt), expired)
-	commit := m.journal.Append(Change{Kind: ChangeRelease, Lease: ls.rec, Fence: m.fence})
+	commit := m.appendLocked(Change{Kind: ChangeRelease, Lease: ls.rec, Fence: m.fence})
 	m.notifyWaitersLocked(l)
 	return commit
 }
@@ -826,7 +848,7 @@ func (m *Manager) resetTimerLocked() {
 // generation) does nothing: the newer timer is armed already.
 func (m *Manager) expireDue(gen uint64) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	defer m.unlock()
 	if m.closed || gen != m.timerGen {
 		return
 	}

@@ -35,7 +35,7 @@ func BenchmarkGrantRelease(b *testing.B) {
 				}
 				defer s.Close()
 				ctx := context.Background()
-				if err := s.Append(slots.Change{Kind: slots.ChangePutLimit, Limit: limitRec("bench", 1000)}).Wait(ctx); err != nil {
+				if err := s.Write(slots.Change{Kind: slots.ChangePutLimit, Limit: limitRec("bench", 1000)}).Wait(ctx); err != nil {
 					b.Fatal(err)
 				}
 				var seq atomic.Uint64
@@ -43,10 +43,10 @@ func BenchmarkGrantRelease(b *testing.B) {
 					n := seq.Add(1)
 					l := leaseRec(0, "bench", n)
 					l.ID = fmt.Sprintf("01JB%022d", n)
-					if err := s.Append(slots.Change{Kind: slots.ChangeGrant, Lease: l, Fence: n}).Wait(ctx); err != nil {
+					if err := s.Write(slots.Change{Kind: slots.ChangeGrant, Lease: l, Fence: n}).Wait(ctx); err != nil {
 						b.Error(err)
 					}
-					if err := s.Append(slots.Change{Kind: slots.ChangeRelease, Lease: l, Fence: n}).Wait(ctx); err != nil {
+					if err := s.Write(slots.Change{Kind: slots.ChangeRelease, Lease: l, Fence: n}).Wait(ctx); err != nil {
 						b.Error(err)
 					}
 				}

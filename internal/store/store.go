@@ -288,18 +288,29 @@ func closeRows(rows *sql.Rows) error {
 	return rows.Close()
 }
 
-// Append queues a change for the next group commit; it never blocks on I/O.
-func (s *Store) Append(c slots.Change) *slots.Commit {
-	commit := slots.NewCommit()
+// Append queues changes for the next group commit; it never blocks on I/O.
+// It is the slots.Journal the manager writes to.
+func (s *Store) Append(entries []slots.Entry) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		commit.Resolve(errors.New("store: closed"))
-		return commit
+		for _, e := range entries {
+			e.Commit.Resolve(errors.New("store: closed"))
+		}
+		return
 	}
-	s.pending = append(s.pending, pendingChange{change: c, commit: commit})
+	for _, e := range entries {
+		s.pending = append(s.pending, pendingChange{change: e.Change, commit: e.Commit})
+	}
 	s.mu.Unlock()
 	s.signal()
+}
+
+// Write queues one change and returns its Commit: Append for callers that
+// are not the manager (tools that build a database, tests).
+func (s *Store) Write(c slots.Change) *slots.Commit {
+	commit := slots.NewCommit()
+	s.Append([]slots.Entry{{Change: c, Commit: commit}})
 	return commit
 }
 

@@ -32,7 +32,7 @@ func mustOpen(tb testing.TB, path string, opts store.Options) *store.Store {
 
 func mustCommit(tb testing.TB, s *store.Store, c slots.Change) {
 	tb.Helper()
-	if err := s.Append(c).Wait(context.Background()); err != nil {
+	if err := s.Write(c).Wait(context.Background()); err != nil {
 		tb.Fatalf("commit %+v: %v", c, err)
 	}
 }
@@ -143,7 +143,7 @@ func TestFailedBatchRetriesDeletions(t *testing.T) {
 
 	s = mustOpen(t, path, store.Options{RetryDelay: 20 * time.Millisecond})
 	defer s.Close()
-	if err := s.Append(slots.Change{Kind: slots.ChangeRelease, Lease: kept, Fence: 1}).Wait(context.Background()); err == nil ||
+	if err := s.Write(slots.Change{Kind: slots.ChangeRelease, Lease: kept, Fence: 1}).Wait(context.Background()); err == nil ||
 		!strings.Contains(err.Error(), "injected fault") {
 		t.Fatalf("release during the fault: %v, want the injected error", err)
 	}
