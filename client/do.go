@@ -23,9 +23,9 @@ const releaseTimeout = 10 * time.Second
 // wraps ErrLeaseLost, even when fn returned nil: part of the work then ran
 // without the slot, which is what a limit is there to prevent, so Do does
 // not report it as a plain success. A failed release (the server
-// unreachable for releaseTimeout; the lease then expires by itself) is
-// returned only when everything else succeeded; a lease that was already
-// gone at release is not an error.
+// unreachable for 10 s; the lease then expires by itself at the end of its
+// TTL) is returned only when everything else succeeded; a lease that was
+// already gone at release is not an error.
 func (c *Client) Do(ctx context.Context, limit string, fn func(ctx context.Context) error, opts ...AcquireOption) (err error) {
 	l, err := c.Acquire(ctx, limit, opts...)
 	if err != nil {
