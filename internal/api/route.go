@@ -50,3 +50,17 @@ func MatchRoute(r *http.Request) (pattern string, params map[string]string) {
 	}
 	return pattern, params
 }
+
+// allowedMethods lists, sorted, the methods that some route serves on r's
+// path, for the Allow header of a 405.
+func allowedMethods(r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodDelete, http.MethodGet, http.MethodPost, http.MethodPut} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if pattern, _ := MatchRoute(probe); pattern != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -127,7 +128,12 @@ func (s *Server) Handler() http.Handler {
 		writeProblem(w, r, limitd.Errorf(limitd.CodeNotFound, "no such path %q: see the API reference (openapi.yaml)", r.URL.Path))
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, r, limitd.Errorf(limitd.CodeMethodNotAllowed, "method %s is not allowed on %q", r.Method, r.URL.Path))
+		// RFC 9110 asks a 405 to list what is allowed; chi's default
+		// handler would, a custom one has to.
+		allowed := allowedMethods(r)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeProblem(w, r, limitd.Errorf(limitd.CodeMethodNotAllowed, "method %s is not allowed on %q: use %s",
+			r.Method, r.URL.Path, strings.Join(allowed, " or ")))
 	})
 	for _, rt := range s.Routes() {
 		h := rt.handler

@@ -54,15 +54,15 @@ func Start(tb testing.TB, dir string, opts ...Option) *Server {
 	return s
 }
 
-// Close stops the server gracefully: waiters are answered 503, open
-// connections closed, queued writes committed. It may be called twice.
+// Close stops the server gracefully, as limitd serve does: waiters are
+// answered 503, in-flight requests finish (httptest's Close waits for them),
+// queued writes are committed. It may be called twice.
 func (s *Server) Close() {
 	if s.closed {
 		return
 	}
 	s.closed = true
 	s.Daemon.Drain()
-	s.http.CloseClientConnections()
 	s.http.Close()
 	s.Daemon.Close()
 }
