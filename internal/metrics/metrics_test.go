@@ -153,8 +153,11 @@ func TestScrapeCountsExpiry(t *testing.T) {
 	h.do("PUT", "/v1/limits/crashy", `{"capacity": 1}`, http.StatusCreated)
 	h.acquire("crashy", `{"ttl_seconds": 1}`)
 
+	// One scrape is not atomic across families: wait for both the counter
+	// and the histogram to show the expiry.
 	e := h.waitFor("the lease expires", 10*time.Second, func(e exposition) bool {
-		return e.value("limitd_lease_expirations_total", "limit", "crashy") == 1
+		return e.value("limitd_lease_expirations_total", "limit", "crashy") == 1 &&
+			e.histogram("limitd_lease_hold_seconds", "limit", "crashy", "end", "expired").GetSampleCount() == 1
 	})
 	if got := e.value("limitd_limit_slots_in_use", "limit", "crashy"); got != 0 {
 		t.Errorf("slots_in_use after expiry = %v, want 0", got)
