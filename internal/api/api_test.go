@@ -3,6 +3,7 @@ package api_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -699,6 +700,87 @@ func TestConcurrentIdempotentCopiesTakeOneLease(t *testing.T) {
 	}
 }
 
+// A client whose connection dropped retries with the same Idempotency-Key
+// while the server is still committing the first request's grant. Whatever
+// the interleaving, a lease the retry is answered with must be live: a
+// client that is told it holds a slot goes on to use it.
+//
+// BUG (internal/slots/manager.go, Acquire's replay branch and answerGrant):
+// the replay waits on the first grant's commit with replayed=true, while the
+// first request, whose context ends before that commit, gives the lease back
+// (answerGrant: endLeaseLocked). The commit then succeeds, so the replay
+// answers 200 with a lease that was already released: its client works
+// without a slot while another client may be granted it. The replay should
+// take the lease over (the first request then must not release it), or at
+// least check after the commit, under the lock, that the lease is still
+// live and otherwise acquire anew.
+func TestReplayRacingTheOriginalsDisconnectNeverReturnsADeadLease(t *testing.T) {
+	h := newHarness(t)
+	h.putLimit("retry", 1000)
+	u, err := url.Parse(h.srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iterations := 300
+	if testing.Short() {
+		iterations = 50
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range iterations {
+		key := fmt.Sprintf("retry-%d", i)
+		// The first copy speaks raw HTTP and half-closes its connection at
+		// once (see TestGrantDisconnectRaceLeavesNoLease); the retry comes
+		// through the normal client, a few hundred microseconds apart.
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		retry := h.goAcquire(context.Background(), "retry", "", "Idempotency-Key", key)
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+		fmt.Fprintf(conn, "POST /v1/limits/retry/acquire HTTP/1.1\r\nHost: %s\r\nIdempotency-Key: %s\r\nContent-Length: 0\r\n\r\n", u.Host, key)
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+		conn.(*net.TCPConn).CloseWrite()
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var firstGot *limitd.Lease
+		if resp, err := http.ReadResponse(bufio.NewReader(conn), nil); err == nil {
+			var sb strings.Builder
+			_, _ = bufio.NewReader(resp.Body).WriteTo(&sb)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusOK {
+				var l limitd.Lease
+				if decodeErr := jsonUnmarshal(sb.String(), &l); decodeErr == nil && l.ID != "" {
+					firstGot = &l
+				}
+			}
+		}
+		conn.Close()
+		o := await(t, retry, 10*time.Second, "the retry")
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		var received []limitd.Lease
+		if firstGot != nil {
+			received = append(received, *firstGot)
+		}
+		if o.Status == http.StatusOK || o.Status == http.StatusCreated {
+			l := leaseOf(t, o.reply)
+			if r := h.do("GET", "/v1/leases/"+l.ID, ""); r.Status != http.StatusOK {
+				t.Fatalf("BUG: iteration %d: the retry was answered %d with lease %s, but that lease is not live: %d %s",
+					i, o.Status, l.ID, r.Status, r.Body)
+			}
+			if firstGot == nil || firstGot.ID != l.ID {
+				received = append(received, l)
+			}
+		}
+		if lim := h.limit("retry"); lim.InUse != len(received) {
+			t.Fatalf("iteration %d: in_use %d, but clients received %d lease(s)", i, lim.InUse, len(received))
+		}
+		for _, l := range received {
+			h.release(l.ID)
+		}
+	}
+}
+
 func TestRepeatedKeyOfWaitingRequestSupersedesItAndKeepsItsPlace(t *testing.T) {
 	h := newHarness(t)
 	h.putLimit("sup", 1)
@@ -1170,3 +1252,5 @@ func sameLease(a, b limitd.Lease) bool {
 	return a.ID == b.ID && a.Limit == b.Limit && a.Slots == b.Slots && a.Holder == b.Holder && a.Fence == b.Fence &&
 		a.AcquiredAt.Equal(b.AcquiredAt) && a.ExpiresAt.Equal(b.ExpiresAt) && a.TTLSeconds == b.TTLSeconds
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
