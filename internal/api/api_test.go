@@ -842,15 +842,10 @@ func TestIdempotencyKeySurvivesRestart(t *testing.T) {
 
 // ---- 8. graceful shutdown ------------------------------------------------------
 
-// BUG (internal/servertest/servertest.go, Close): Close calls Daemon.Drain
-// and then at once http.CloseClientConnections, so the waiters' handlers,
-// woken by the drain, race the closing of their connections and most
-// clients get EOF instead of 503 shutting_down. The production path
-// (cmd/limitd serve: Drain, then http.Server.Shutdown, which waits for the
-// handlers) is right, and cmd/limitd's end-to-end test checks it; this test
-// fails until servertest.Close waits for the drained handlers to answer
-// (e.g. Drain, then httptest.Server.Config.Shutdown with a timeout, then
-// Close).
+// servertest.Close is the in-process graceful stop: every queued waiter gets
+// its 503 shutting_down with Retry-After before its connection closes, and
+// the leases are still there after the restart. (It once closed client
+// connections right after the drain, and most waiters got EOF instead.)
 func TestShutdownAnswersWaiters503AndKeepsLeases(t *testing.T) {
 	h := newHarness(t)
 	h.putLimit("drain", 2)
@@ -883,7 +878,7 @@ func TestShutdownAnswersWaiters503AndKeepsLeases(t *testing.T) {
 		t.Fatal("the server did not close within 5 s")
 	}
 	if len(failed) > 0 {
-		t.Errorf("BUG servertest.Close: %d of %d waiters got no 503 shutting_down:\n%s", len(failed), n, strings.Join(failed, "\n"))
+		t.Errorf("servertest.Close: %d of %d waiters got no 503 shutting_down:\n%s", len(failed), n, strings.Join(failed, "\n"))
 	}
 
 	h.srv = servertest.Start(t, h.dir, h.opts...)
