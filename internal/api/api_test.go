@@ -450,15 +450,27 @@ func TestAcquireTimesOutWith423WithinWaitSecondsPlusOne(t *testing.T) {
 	h.release(held.ID)
 }
 
+// Waits longer than the server's maximum are clamped to it, however long:
+// a long-poll never turns into a try-once.
+//
+// BUG (internal/api/server.go, acquire: p.Wait = min(limitd.Duration(w),
+// s.maxWait); limitd.go, Duration): from about 9.2e9 seconds on,
+// Duration's conversion overflows int64 nanoseconds into a value of 0 or
+// below before the clamp, so wait_seconds 1e10 or 1e308 answers 423 at once
+// instead of waiting the maximum. Clamping the seconds before converting
+// (or a saturating Duration) fixes it.
 func TestWaitLongerThanServerMaximumIsClamped(t *testing.T) {
 	h := newHarness(t, func(c *daemon.Config) { c.MaxWait = 300 * time.Millisecond })
 	h.putLimit("busy", 1)
 	h.acquire("busy", "")
-	start := time.Now()
-	r := h.do("POST", "/v1/limits/busy/acquire", `{"wait_seconds": 3600}`)
-	wantProblem(t, r, limitd.CodeNoSlots)
-	if took := time.Since(start); took > 1300*time.Millisecond {
-		t.Fatalf("a wait clamped to 0.3 s answered after %v", took)
+	for _, wait := range []string{"3600", "1e9", "1e10", "1e15", "1e308"} {
+		start := time.Now()
+		r := h.do("POST", "/v1/limits/busy/acquire", `{"wait_seconds": `+wait+`}`)
+		took := time.Since(start)
+		wantProblem(t, r, limitd.CodeNoSlots)
+		if took < 300*time.Millisecond || took > 1300*time.Millisecond {
+			t.Errorf("wait_seconds %s with a 0.3 s maximum answered after %v, want 0.3 s", wait, took)
+		}
 	}
 }
 
