@@ -110,6 +110,14 @@ func TestCLILimitsAndLeases(t *testing.T) {
 	}
 	cancel()
 	<-waited
+	// The server drops the waiter once it sees the connection close; wait
+	// for that, or the release below could grant the waiter's slots.
+	for deadline := time.Now().Add(10 * time.Second); strings.Contains(cliMust(t, vars, "limits", "waiters", "db"), "queued-1"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the canceled waiter never left the queue")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 
 	// An admin revokes the lease: its holder loses it.
 	if out := cliMust(t, vars, "leases", "rm", lease.ID()); out != "" {
