@@ -418,7 +418,9 @@ func TestBinarySIGHUPReloadsTokensWhileWaitersWait(t *testing.T) {
 
 	p.stop()
 	secNoTokensIn(t, p, ops, etl, old, added)
-	created := p.waitLog("limit created", nil)
+	// The audit line is the API's at info; the slot events have their own
+	// debug line of the same message, without a token.
+	created := p.waitLog("limit created", func(l map[string]any) bool { return l["level"] == "INFO" })
 	if created["token"] != "ops" || created["limit"] != "team-a:x" {
 		t.Fatalf("the audit line does not name the token: %v", created)
 	}
