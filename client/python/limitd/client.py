@@ -16,6 +16,7 @@ import ssl
 import time
 import urllib.parse
 import uuid
+import weakref
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Type, TypeVar, cast
 
@@ -114,6 +115,8 @@ class Client:
         self.max_backoff: float = float(max_backoff)
         self._token = token or None
         self._transport = Transport(url, connect_timeout=self.timeout, ssl_context=ssl_context, max_idle=max_idle)
+        # A client dropped without close() should not leave sockets to the GC.
+        weakref.finalize(self, self._transport.close)
 
     def __repr__(self) -> str:
         return f"<limitd.Client {self.url}>"
