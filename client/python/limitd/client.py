@@ -277,7 +277,9 @@ class Client:
                 # A 423 far sooner than the poll asked for means something
                 # between us and the server does not hold long-polls; back
                 # off rather than spin.
-                quick = quick + 1 if poll >= 0.5 and time.monotonic() - sent < poll / 2 else 0
+                # Short polls near the deadline say nothing either way.
+                if poll >= 0.5:
+                    quick = quick + 1 if time.monotonic() - sent < poll / 2 else 0
                 if quick >= 3:
                     pause = max(pause, self._backoff(quick - 2, None))
                 self._pause(pause, deadline)
