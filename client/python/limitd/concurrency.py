@@ -27,7 +27,7 @@ class limit_concurrency:  # noqa: N801 - used like a function, as the decorator 
 
     Args:
         name: the limit's name; the limit must exist on the server (an
-            admin creates it with its capacity, e.g. ``limitd limits put``
+            admin creates it with its capacity, e.g. ``limitd limits set NAME --capacity N``
             or ``Client.put_limit``).
         url: the server; ``None`` reads ``LIMITD_URL`` (default
             ``http://127.0.0.1:7070``).
