@@ -430,7 +430,12 @@ func leaseParam(r *http.Request) (string, error) {
 	if err != nil {
 		return "", limitd.Errorf(limitd.CodeInvalidRequest, "lease id %q is not a valid path segment", raw)
 	}
-	return id, limitd.ValidateLeaseID(id)
+	if err := limitd.ValidateLeaseID(id); err != nil {
+		return "", err
+	}
+	// ULIDs are case-insensitive; leases are keyed by the canonical
+	// upper-case form that grants hand out.
+	return strings.ToUpper(id), nil
 }
 
 // ---- context values shared with middleware -----------------------------------
