@@ -71,8 +71,12 @@ class Transport:
         """Borrow an idle connection (reused=True) or make a new one."""
         with self._lock:
             if self._pid != os.getpid():
-                # Forked: those sockets are the parent's; closing our copies
-                # would not disturb it, but using them would.
+                # Forked: those connections are the parent's. Using them
+                # would mix two processes' requests on one socket; closing
+                # our copies of the descriptors does not disturb the parent
+                # (close without shutdown sends nothing).
+                for conn in self._idle:
+                    conn.close()
                 self._idle = []
                 self._pid = os.getpid()
             if self._idle:
