@@ -242,6 +242,10 @@ class Lease:
         up to ``timeout`` seconds, after which the last error is raised (the
         server still frees the slots when the lease expires). Calling it
         again after it returned does nothing.
+
+        If the server says the lease was already gone (revoked or expired
+        before the renewer noticed), :attr:`lost` is set as well, so that a
+        ``with`` block raises :class:`LeaseLost` at its end.
         """
         with self._release_lock:
             if self._released:
@@ -264,8 +268,15 @@ class Lease:
                     client._release(st.id, timeout=max(min(client.timeout, limit - time.monotonic()), 0.05))
                     self._released = True
                     return
-                except LeaseNotFound:
+                except LeaseNotFound as e:
                     self._released = True
+                    if failures == 0:
+                        # Gone before we let go: the slot was not held for
+                        # the whole time (expired while this process was
+                        # stalled, or revoked before the renewer noticed).
+                        # After a failed attempt, our own earlier DELETE may
+                        # have done it, so say nothing then.
+                        st.mark_lost(LeaseLost(f"lease {st.id} of {st.limit!r} was gone when released: {e}", status=e.status))
                     return
                 except (Unreachable, ServiceUnavailable) as e:
                     now = time.monotonic()
@@ -293,14 +304,15 @@ class Lease:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        lost = self._state.lost.is_set()
         try:
             self.release()
         except LimitdError as e:
             # The block's own outcome matters more than a failed release,
             # and the server frees the slots at expiry anyway.
             log.warning("limitd: releasing lease %s of %r failed: %s", self.id, self.limit, e)
-        if lost and exc_type is None:
+        # Read after release(): it joins the renewer, which may have just
+        # found the lease gone.
+        if exc_type is None:
             self.check()
 
     def __repr__(self) -> str:

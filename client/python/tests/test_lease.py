@@ -138,6 +138,17 @@ class TestLeaseLoss(ServerTestCase):
         self.assertLess(warned_at, call_end[0], "the warning came while the call ran")
         self.assertIn("is gone", message)
 
+    def test_lease_revoked_between_renewals_is_lost_at_release(self) -> None:
+        c = self.client()
+        name = self.limit_name()
+        c.put_limit(name, 1)
+        with self.assertLogs("limitd", "WARNING") as logs:
+            with self.assertRaises(limitd.LeaseLost):
+                with c.slot(name, ttl=60) as lease:  # next renewal in 20 s
+                    self.client()._release(lease.id, timeout=5)  # an admin revokes it
+        self.assertIn("gone when released", logs.output[0])
+        self.assertTrue(lease.lost.is_set())
+
     def test_unreachable_past_expiry_sets_lost(self) -> None:
         server = limitdtest.Server().start()
         self.addCleanup(server.close)
