@@ -67,7 +67,19 @@ func Seconds(d time.Duration) float64 {
 }
 
 // Duration converts wire seconds to a duration, rounding to the microsecond so
-// that values such as 0.1 do not turn into 99.999999ms.
+// that values such as 0.1 do not turn into 99.999999ms. Values beyond what a
+// Duration holds saturate (and NaN is 0) rather than wrapping around, so a
+// huge wait_seconds is clamped to the server's maximum, not turned negative.
 func Duration(seconds float64) time.Duration {
-	return time.Duration(math.Round(seconds*1e6)) * time.Microsecond
+	const maxMicros = float64(math.MaxInt64 / int64(time.Microsecond))
+	us := math.Round(seconds * 1e6)
+	switch {
+	case math.IsNaN(us):
+		return 0
+	case us >= maxMicros:
+		return time.Duration(math.MaxInt64)
+	case us <= -maxMicros:
+		return time.Duration(math.MinInt64)
+	}
+	return time.Duration(us) * time.Microsecond
 }

@@ -18,6 +18,7 @@ import (
 	"container/heap"
 	"container/list"
 	"context"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -94,6 +95,10 @@ type lease struct {
 	heapIndex int
 	// granted is the commit of the grant; answers wait on it.
 	granted *Commit
+	// answering counts the requests waiting to answer with this lease;
+	// delivered is set once one of them did (see answerGrant).
+	answering int
+	delivered bool
 }
 
 type waiter struct {
@@ -170,7 +175,7 @@ func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint
 		done.Resolve(nil)
 		// The stored expiry is wall-clock time; from here on it is kept
 		// as the remaining time on the monotonic clock.
-		ls := &lease{rec: rec, deadline: mono + rec.ExpiresAt.Sub(now), granted: done}
+		ls := &lease{rec: rec, deadline: mono + rec.ExpiresAt.Sub(now), granted: done, delivered: true}
 		m.addLeaseLocked(l, ls)
 	}
 	m.resetTimerLocked()
@@ -473,6 +478,15 @@ type AcquireParams struct {
 // leaves nothing behind: not its place in the queue, and not a lease granted
 // in the race with the cancellation.
 func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (limitd.Lease, bool, error) {
+	for {
+		l, replayed, err := m.acquireOnce(ctx, name, p)
+		if err != errLeaseGone {
+			return l, replayed, err
+		}
+	}
+}
+
+func (m *Manager) acquireOnce(ctx context.Context, name string, p AcquireParams) (limitd.Lease, bool, error) {
 	if p.Slots <= 0 {
 		p.Slots = 1
 	}
@@ -499,6 +513,7 @@ func (m *Manager) Acquire(ctx context.Context, name string, p AcquireParams) (li
 		if k, ok := l.keys[p.IdempotencyKey]; ok {
 			if k.lease != nil && m.liveLeaseLocked(k.lease.rec.ID) == k.lease {
 				ls := k.lease
+				ls.answering++
 				m.unlock()
 				return m.answerGrant(ctx, ls, true)
 			}
@@ -594,37 +609,41 @@ func (m *Manager) answerWaiter(ctx context.Context, w *waiter) (limitd.Lease, bo
 	return m.answerGrant(ctx, w.lease, false)
 }
 
-// answerGrant waits until the lease's grant is durable. If the client went
-// away meanwhile, or the commit failed, the lease is given back at once, so
-// no slot is held for a grant nobody received.
+// errLeaseGone says that a granted lease ended (its limit was deleted, or an
+// admin released it) before the request could answer with it; Acquire then
+// starts over.
+var errLeaseGone = errors.New("the lease ended before it could be answered")
+
+// answerGrant waits until the lease's grant is durable and answers with it.
+// Every request that would answer with this lease — the one that took it and
+// any idempotent replays waiting with it — counts in ls.answering. If all of
+// them go away, or the commit fails, before one of them delivered it, the
+// lease is given back at once, so no slot is held for a grant nobody
+// received; while one of them may still deliver it, it is kept.
 func (m *Manager) answerGrant(ctx context.Context, ls *lease, replayed bool) (limitd.Lease, bool, error) {
 	err := ls.granted.Wait(ctx)
-	if err == nil {
-		m.mu.Lock()
+	m.mu.Lock()
+	ls.answering--
+	live := m.leases[ls.rec.ID] == ls
+	if err == nil && live {
+		ls.delivered = true
 		view := leaseView(ls.rec)
 		m.unlock()
 		return view, replayed, nil
 	}
-	if replayed {
-		// The lease belongs to the first request; a replay that cannot be
-		// answered leaves it alone.
-		if ctx.Err() != nil {
-			return limitd.Lease{}, false, ctx.Err()
-		}
-		return limitd.Lease{}, false, errStore("granting", err)
-	}
-	m.mu.Lock()
-	if m.leases[ls.rec.ID] == ls {
-		l := m.limits[ls.rec.Limit]
+	if live && !ls.delivered && ls.answering == 0 {
 		m.obs.NotGranted(ls.rec.Limit, ResultCanceled)
-		m.endLeaseLocked(l, ls, false)
+		m.endLeaseLocked(m.limits[ls.rec.Limit], ls, false)
 		m.resetTimerLocked()
 	}
 	m.unlock()
-	if ctx.Err() != nil {
+	switch {
+	case ctx.Err() != nil:
 		return limitd.Lease{}, false, ctx.Err()
+	case err != nil:
+		return limitd.Lease{}, false, errStore("granting", err)
 	}
-	return limitd.Lease{}, false, errStore("granting", err)
+	return limitd.Lease{}, false, errLeaseGone
 }
 
 // Lease returns one live lease.
@@ -730,7 +749,8 @@ func (m *Manager) grantLocked(l *limit, slots int, ttl time.Duration, holder, ke
 			ID: m.newID(), Limit: l.rec.Name, Slots: slots, Holder: holder, Fence: m.fence,
 			AcquiredAt: wall(now), ExpiresAt: wall(now.Add(ttl)), TTL: ttl, IdempotencyKey: key,
 		},
-		deadline: mono + ttl,
+		deadline:  mono + ttl,
+		answering: 1, // the request that takes it
 	}
 	m.addLeaseLocked(l, ls)
 	ls.granted = m.appendLocked(Change{Kind: ChangeGrant, Lease: ls.rec, Fence: m.fence})

@@ -497,3 +497,47 @@ func TestWallClockJumpDoesNotMoveExpiry(t *testing.T) {
 		}
 	})
 }
+
+// A retry with the same Idempotency-Key that arrives while the first
+// request's grant is still being committed answers with that lease — and
+// the lease stays live even if the first request's client goes away: the
+// retry is the one that delivers it.
+func TestReplayDuringCommitKeepsTheLeaseWhenTheOriginalLeaves(t *testing.T) {
+	f := newFixture(t)
+	f.put(t, "k", 1)
+	f.journal.Hold()
+	origCtx, cancelOrig := context.WithCancel(context.Background())
+	orig := make(chan result, 1)
+	go func() {
+		l, _, err := f.m.Acquire(origCtx, "k", slots.AcquireParams{IdempotencyKey: "job"})
+		orig <- result{l, err}
+	}()
+	f.waitFor(t, func() bool { return f.inUse(t, "k") == 1 }, "the grant")
+	replay := make(chan result, 1)
+	go func() {
+		l, replayed, err := f.m.Acquire(context.Background(), "k", slots.AcquireParams{IdempotencyKey: "job"})
+		if err == nil && !replayed {
+			err = errors.New("not answered as a replay")
+		}
+		replay <- result{l, err}
+	}()
+	// Both now wait on the held commit. A replay waiting there changes no
+	// state the test can see, so this is the one place that must give the
+	// goroutine time to get there; the assertion below fails if it did not.
+	time.Sleep(50 * time.Millisecond)
+	cancelOrig()
+	if r := recv(t, orig); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("original: %v", r.err)
+	}
+	f.journal.Flush()
+	r := recv(t, replay)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if _, err := f.m.Lease(r.lease.ID); err != nil {
+		t.Fatalf("the replay answered with a lease that is not live: %v", err)
+	}
+	if got := f.inUse(t, "k"); got != 1 {
+		t.Fatalf("in_use = %d, want 1", got)
+	}
+}
