@@ -22,7 +22,7 @@ import re
 import tarfile
 import time
 import zipfile
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PACKAGE = "limitd"
@@ -119,19 +119,19 @@ def _write_wheel(wheel_directory: str, files: List[Tuple[str, bytes]]) -> str:
 # -- PEP 517 / 660 hooks ------------------------------------------------------
 
 
-def get_requires_for_build_wheel(config_settings: Optional[dict] = None) -> List[str]:
+def get_requires_for_build_wheel(config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
     return []
 
 
-def get_requires_for_build_sdist(config_settings: Optional[dict] = None) -> List[str]:
+def get_requires_for_build_sdist(config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
     return []
 
 
-def get_requires_for_build_editable(config_settings: Optional[dict] = None) -> List[str]:
+def get_requires_for_build_editable(config_settings: Optional[Dict[str, Any]] = None) -> List[str]:
     return []
 
 
-def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: Optional[dict] = None) -> str:
+def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: Optional[Dict[str, Any]] = None) -> str:
     p = _project()
     info = f"{_dist_name(p)}.dist-info"
     os.makedirs(os.path.join(metadata_directory, info), exist_ok=True)
@@ -146,7 +146,7 @@ prepare_metadata_for_build_editable = prepare_metadata_for_build_wheel
 
 
 def build_wheel(
-    wheel_directory: str, config_settings: Optional[dict] = None, metadata_directory: Optional[str] = None
+    wheel_directory: str, config_settings: Optional[Dict[str, Any]] = None, metadata_directory: Optional[str] = None
 ) -> str:
     files = []
     for name, path in _package_files():
@@ -156,13 +156,13 @@ def build_wheel(
 
 
 def build_editable(
-    wheel_directory: str, config_settings: Optional[dict] = None, metadata_directory: Optional[str] = None
+    wheel_directory: str, config_settings: Optional[Dict[str, Any]] = None, metadata_directory: Optional[str] = None
 ) -> str:
     # A .pth line puts the source folder on sys.path: edits take effect at once.
     return _write_wheel(wheel_directory, [(f"_{_PACKAGE}_editable.pth", (_ROOT + "\n").encode("utf-8"))])
 
 
-def build_sdist(sdist_directory: str, config_settings: Optional[dict] = None) -> str:
+def build_sdist(sdist_directory: str, config_settings: Optional[Dict[str, Any]] = None) -> str:
     p = _project()
     dist = _dist_name(p)
     filename = f"{dist}.tar.gz"

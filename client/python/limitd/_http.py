@@ -75,8 +75,8 @@ class Transport:
                 # would mix two processes' requests on one socket; closing
                 # our copies of the descriptors does not disturb the parent
                 # (close without shutdown sends nothing).
-                for conn in self._idle:
-                    conn.close()
+                for stale in self._idle:
+                    stale.close()
                 self._idle = []
                 self._pid = os.getpid()
             if self._idle:
@@ -127,6 +127,7 @@ class Transport:
                     conn.connect()
                 # The connect timeout stays on the socket otherwise; a
                 # long-poll needs a read timeout longer than its wait.
+                assert conn.sock is not None
                 conn.sock.settimeout(timeout)
                 conn.request(method, self.prefix + path, body=body, headers=dict(headers))
                 resp = conn.getresponse()

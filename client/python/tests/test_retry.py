@@ -11,7 +11,6 @@ import time
 import unittest
 from typing import List, Optional, Tuple
 
-import limitdtest
 from limitdtest import ServerTestCase, run_in_thread, wait_until
 
 import limitd
