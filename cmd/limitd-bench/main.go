@@ -36,6 +36,7 @@ type options struct {
 	waiters  int
 	startupN int
 	keepLogs bool
+	extra    string
 }
 
 // scenario runs once against a fresh server and returns its figures.
@@ -63,6 +64,7 @@ func main() {
 	flag.IntVar(&o.waiters, "waiters", 10_000, "waiters: the large queue size")
 	flag.IntVar(&o.startupN, "startup-n", 100_000, "startup: limits and leases in the database")
 	flag.BoolVar(&o.keepLogs, "server-logs", false, "pass the server's logs through to stderr")
+	flag.StringVar(&o.extra, "server-flags", "", "more flags for the server, space-separated (e.g. \"--pprof-addr 127.0.0.1:6060\")")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

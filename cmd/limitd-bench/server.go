@@ -64,6 +64,7 @@ func startServer(ctx context.Context, o options, dir string, extra ...string) (*
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := append([]string{"serve", "--addr", addr, "--db", filepath.Join(dir, "limitd.db"), "--sync", o.sync,
 		"--log-level", "warn", "--max-waiters", "100000"}, extra...)
+	args = append(args, strings.Fields(o.extra)...)
 	cmd := exec.Command(o.bin, args...)
 	if o.keepLogs {
 		cmd.Stderr = os.Stderr

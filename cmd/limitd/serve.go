@@ -32,6 +32,7 @@ type serveConfig struct {
 	ShutdownGrace time.Duration
 	Sync          string
 	HTTP          daemon.HTTPConfig
+	PprofAddr     string
 	Security      securityConfig
 }
 
@@ -70,6 +71,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HTTP.ReadTimeout, "read-timeout", c.HTTP.ReadTimeout, "time a client has to send a whole request (long-polls are not cut)")
 	fs.DurationVar(&c.HTTP.IdleTimeout, "idle-timeout", c.HTTP.IdleTimeout, "how long an unused keep-alive connection stays open")
 	fs.IntVar(&c.HTTP.MaxConns, "max-conns", c.HTTP.MaxConns, "open connections at most (0: no cap beyond the file descriptor limit)")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve Go's /debug/pprof/ endpoints on this address (off when empty; keep it on loopback)")
 	c.Security.register(fs)
 }
 
@@ -187,6 +189,11 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 		return err
 	}
 	defer sec.close()
+	stopPprof, err := startPprof(cfg.PprofAddr, log)
+	if err != nil {
+		return err
+	}
+	defer stopPprof()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
