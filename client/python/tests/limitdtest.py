@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,9 @@ class Server:
         port: Optional[int] = None,
         db_dir: Optional[str] = None,
         env: Optional[dict] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
+        self.ssl_context = ssl_context  # set for a server started with --tls-cert
         self.flags: List[str] = list(flags)
         self._own_dir = db_dir is None
         self.dir = db_dir or tempfile.mkdtemp(prefix="limitd-pytest-")
@@ -91,7 +94,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "Server":
         """Start the process and wait until /readyz answers 200."""
@@ -130,7 +134,11 @@ class Server:
             if self.proc.poll() is not None:
                 return False
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+                conn: http.client.HTTPConnection
+                if self.ssl_context is not None:
+                    conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=1, context=self.ssl_context)
+                else:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 conn.request("GET", "/readyz")
                 status = conn.getresponse().status
                 conn.close()
