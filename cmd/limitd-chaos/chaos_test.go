@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestChaosShort runs the short chaos mode against a freshly built binary:
+// concurrent clients, capacity changes, deletions and two SIGKILLs, judged
+// by the checker. It is what CI runs; it takes about 30 s.
+func TestChaosShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos run takes about 30 s")
+	}
+	// Bounded even if the server hangs: every wait in the run is bounded,
+	// and this context stops whatever is left.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin, err := buildServer(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := shortOptions()
+	o.bin = bin
+	o.seed = time.Now().UnixNano() % 1_000_000
+	var log bytes.Buffer
+	began := time.Now()
+	rep, err := chaos(ctx, o, &log)
+	if err != nil {
+		t.Fatalf("chaos run (seed %d) could not be made: %v\n%s", o.seed, err, log.String())
+	}
+	var out bytes.Buffer
+	rep.print(&out)
+	t.Log("\n" + out.String())
+	if took := time.Since(began); took > 60*time.Second {
+		t.Errorf("short mode took %v, want under 60s", took)
+	}
+	if rep.Verdict != "pass" {
+		t.Fatalf("checker found violations (seed %d; kept %s)", o.seed, rep.Dir)
+	}
+	// A run that exercised nothing proves nothing.
+	switch {
+	case rep.Crashes != o.kills:
+		t.Errorf("crashes = %d, want %d", rep.Crashes, o.kills)
+	case rep.Grants < 50:
+		t.Errorf("only %d grants", rep.Grants)
+	case rep.LeasesAcrossCrash == 0:
+		t.Error("no lease was verified across a crash")
+	case rep.CapacityChanges == 0 || rep.Deletions == 0:
+		t.Errorf("capacity changes %d, deletions %d: want some of each", rep.CapacityChanges, rep.Deletions)
+	case rep.QueueSamples == 0:
+		t.Error("no queue samples")
+	case rep.Operations["renew"] == 0 || rep.Operations["disconnect_mid_wait"] == 0 || rep.Operations["grant_replay"] == 0:
+		t.Errorf("operations %v: want renewals, disconnects and idempotent replays", rep.Operations)
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	t.Run("ShortDefaults", func(t *testing.T) {
+		o, err := parseOptions([]string{"--short", "--seed", "7"}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := shortOptions()
+		want.seed = 7
+		if o != want {
+			t.Errorf("got %+v, want %+v", o, want)
+		}
+	})
+	t.Run("FlagsOverrideMode", func(t *testing.T) {
+		o, err := parseOptions([]string{"--short", "--clients", "5", "--kills", "0", "--duration", "3s"}, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.clients != 5 || o.kills != 0 || o.duration != 3*time.Second || !o.short {
+			t.Errorf("got %+v", o)
+		}
+	})
+	t.Run("LongDefaults", func(t *testing.T) {
+		o, err := parseOptions(nil, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.duration != 5*time.Minute || o.clients < 50 || o.kills < 5 {
+			t.Errorf("long mode %+v: want minutes, 50+ clients, 5+ kills", o)
+		}
+	})
+	for _, args := range [][]string{{"--clients", "0"}, {"--duration", "1s"}, {"--kills", "-1"}, {"extra"}} {
+		if _, err := parseOptions(args, &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: want an error", args)
+		}
+	}
+}
+
+// The JSON line carries the figures RELIABILITY.md records.
+func TestReportPrintsSummaryAndJSONLine(t *testing.T) {
+	rep := report{Mode: "short", Clients: 3, Operations: map[string]int{"acquire": 2},
+		Violations: map[Kind]int{OverAdmission: 1}, Examples: map[Kind][]string{OverAdmission: {"L3 over"}}, Verdict: "fail"}
+	var out bytes.Buffer
+	rep.print(&out)
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := lines[len(lines)-1]
+	for _, want := range []string{`"clients":3`, `"operations":{"acquire":2}`, `"over_admission":1`, `"verdict":"fail"`, `"crashes":0`, `"capacity_changes":0`, `"deletions":0`} {
+		if !strings.Contains(last, want) {
+			t.Errorf("JSON line %s lacks %s", last, want)
+		}
+	}
+	if !strings.Contains(out.String(), "L3 over") || !strings.Contains(out.String(), "verdict: FAIL") {
+		t.Errorf("summary lacks the example or the verdict:\n%s", out.String())
+	}
+	if rep.violations() != 1 {
+		t.Errorf("violations() = %d, want 1", rep.violations())
+	}
+}
