@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,12 @@ import (
 
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
+
+// fenceBlock is how far ahead of the fences handed out the store reserves
+// the fence counter: the counter is written only when a fence passes the
+// reservation, not in every batch, and after a restart the manager starts
+// above the reservation, so fences still only grow (with a gap).
+const fenceBlock = 1024
 
 // maxBatch bounds one transaction, so one huge burst cannot delay the
 // answers of its first requests for long.
@@ -61,6 +68,10 @@ type Store struct {
 	// later change.
 	retry   []slots.Change
 	closing bool
+
+	// fenceReserved is the fence counter as stored: no fence above it
+	// has been handed out.
+	fenceReserved atomic.Uint64
 
 	wake chan struct{} // buffered 1: "there is work"
 	done chan struct{} // closed when the writer has stopped
@@ -277,6 +288,7 @@ func (s *Store) Load(ctx context.Context) (State, error) {
 		return st, fmt.Errorf("store: loading the fence counter: %d is negative", fence.Int64)
 	}
 	st.Fence = uint64(fence.Int64)
+	s.fenceReserved.Store(st.Fence)
 	return st, nil
 }
 
@@ -418,12 +430,18 @@ func (s *Store) apply(retry []slots.Change, batch []pendingChange) error {
 		}
 		fence = max(fence, p.change.Fence)
 	}
-	if fence > 0 {
-		if _, err := st.saveFence.ExecContext(ctx, int64(fence)); err != nil {
+	reserve := s.fenceReserved.Load()
+	if fence > reserve {
+		reserve = fence + fenceBlock
+		if _, err := st.saveFence.ExecContext(ctx, int64(reserve)); err != nil {
 			return fmt.Errorf("saving the fence counter: %w", err)
 		}
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.fenceReserved.Store(reserve)
+	return nil
 }
 
 func fromNanos(ns int64) time.Time { return time.Unix(0, ns).UTC() }

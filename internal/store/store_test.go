@@ -87,8 +87,8 @@ func TestStateSurvivesCloseAndReopen(t *testing.T) {
 		t.Fatalf("lease = %+v, want %+v", got, renewed)
 	}
 	// The fence counter outlives the leases that carried it.
-	if st.Fence != 3 {
-		t.Fatalf("fence = %d, want 3", st.Fence)
+	if st.Fence < 3 {
+		t.Fatalf("fence = %d, want at least 3, the highest handed out", st.Fence)
 	}
 }
 
