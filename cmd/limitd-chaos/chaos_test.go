@@ -59,8 +59,52 @@ func TestChaosShort(t *testing.T) {
 		t.Errorf("capacity changes %d, deletions %d: want some of each", rep.CapacityChanges, rep.Deletions)
 	case rep.QueueSamples == 0:
 		t.Error("no queue samples")
-	case rep.Operations["renew"] == 0 || rep.Operations["disconnect_mid_wait"] == 0 || rep.Operations["grant_replay"] == 0:
-		t.Errorf("operations %v: want renewals, disconnects and idempotent replays", rep.Operations)
+	case rep.Operations["renew"] == 0 || rep.Operations["disconnect_mid_wait"] == 0 || rep.AcquireOutcomes["grant_replay"] == 0:
+		t.Errorf("operations %v, outcomes %v: want renewals, disconnects and idempotent replays", rep.Operations, rep.AcquireOutcomes)
+	}
+	checkerBitesOnRealHistory(t, rep.History)
+}
+
+// checkerBitesOnRealHistory corrupts the observations of a passing run the
+// way a broken server would have made them look, and checks that the
+// checker notices: it must not pass merely because the workload is gentle.
+func checkerBitesOnRealHistory(t *testing.T, h History) {
+	t.Helper()
+	cfg := DefaultCheckConfig()
+
+	// Had no release freed its slots, the grants that followed would have
+	// over-admitted.
+	noRelease := h
+	noRelease.Ops = nil
+	for _, o := range h.Ops {
+		if o.Kind != OpRelease {
+			noRelease.Ops = append(noRelease.Ops, o)
+		}
+	}
+	if v := Check(noRelease, cfg); v.Counts[OverAdmission] == 0 {
+		t.Error("the run's history without its releases shows no over-admission")
+	}
+
+	// Fences handed out in reverse order of the requests.
+	reversed := h
+	reversed.Grants = append([]Grant(nil), h.Grants...)
+	for i := range reversed.Grants {
+		reversed.Grants[i].Fence = 1<<40 - reversed.Grants[i].Fence
+	}
+	if v := Check(reversed, cfg); v.Counts[Fence] == 0 {
+		t.Error("the run's history with reversed fences shows no fence violation")
+	}
+
+	// Every lease looked up after a restart answered 404 instead.
+	lost := h
+	lost.Ops = append([]LeaseOp(nil), h.Ops...)
+	for i, o := range lost.Ops {
+		if o.Kind == OpGet && o.Outcome == OK {
+			lost.Ops[i].Outcome = NotFound
+		}
+	}
+	if v := Check(lost, cfg); v.Counts[LostLease] == 0 {
+		t.Error("the run's history with its successful lookups turned into 404s shows no lost lease")
 	}
 }
 

@@ -173,6 +173,7 @@ type report struct {
 	Limits            int               `json:"limits"`
 	Requests          int               `json:"requests"`
 	Operations        map[string]int    `json:"operations"`
+	AcquireOutcomes   map[string]int    `json:"acquire_outcomes"`
 	Grants            int               `json:"grants"`
 	Leases            int               `json:"leases"`
 	Crashes           int               `json:"crashes"`
@@ -187,6 +188,7 @@ type report struct {
 	Verdict           string            `json:"verdict"`
 	Examples          map[Kind][]string `json:"-"`
 	Dir               string            `json:"-"`
+	History           History           `json:"-"`
 	ServerExit        string            `json:"-"`
 }
 
@@ -208,6 +210,10 @@ func (r report) print(w io.Writer) {
 	fmt.Fprintf(w, "  operations:")
 	for _, k := range sortedKeys(r.Operations) {
 		fmt.Fprintf(w, " %s=%d", k, r.Operations[k])
+	}
+	fmt.Fprintf(w, "\n  acquire outcomes:")
+	for _, k := range sortedKeys(r.AcquireOutcomes) {
+		fmt.Fprintf(w, " %s=%d", k, r.AcquireOutcomes[k])
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  graceful stop at the end: %s\n", r.GracefulStop)
@@ -327,20 +333,28 @@ func chaos(ctx context.Context, o options, logw io.Writer) (rep report, err erro
 	v := Check(h, DefaultCheckConfig())
 	rep = report{
 		Mode: "long", Seed: o.seed, DurationSeconds: o.duration.Seconds(), CPUs: runtime.NumCPU(),
-		Clients: o.clients, Limits: o.limits, Operations: ops, Grants: ops["grant"] + ops["grant_replay"],
+		Clients: o.clients, Limits: o.limits, Operations: make(map[string]int), AcquireOutcomes: make(map[string]int),
+		Grants: ops["grant"] + ops["grant_replay"],
 		Leases: v.Leases, Crashes: len(h.Crashes), CapacityChanges: ops["put_limit"], Deletions: ops["delete_limit"],
 		LeasesAcrossCrash: v.AcrossCrash, AnswersChecked: v.Checked, QueueSamples: v.Samples,
 		UnexpectedExits: int(srv.unexpected.Load()), GracefulStop: "exit 0",
-		Violations: v.Counts, Examples: v.Examples, Verdict: "pass",
+		Violations: v.Counts, Examples: v.Examples, Verdict: "pass", History: h,
 	}
 	if o.short {
 		rep.Mode = "short"
 	}
+	// Counts named acquire_<code> (or grant) are how acquires ended; the
+	// others are things clients did.
 	for k, n := range ops {
-		if !strings.HasPrefix(k, "grant") && k != "crash" && k != "forget" && k != "forget_after_renew" &&
-			k != "expired_while_down" && k != "disconnect_mid_wait" && k != "acquire_retry" {
-			rep.Requests += n
+		switch {
+		case k == "grant" || k == "grant_replay" || strings.HasPrefix(k, "acquire_") && k != "acquire_retry":
+			rep.AcquireOutcomes[k] = n
+		default:
+			rep.Operations[k] = n
 		}
+	}
+	for _, k := range []string{"acquire", "renew", "get", "release", "put_limit", "create_limit", "delete_limit"} {
+		rep.Requests += ops[k]
 	}
 	if stopErr != nil {
 		rep.GracefulStop = stopErr.Error()

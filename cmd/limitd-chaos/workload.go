@@ -54,13 +54,25 @@ type registry struct {
 }
 
 type regEntry struct {
-	fence   uint64
-	expires time.Duration
+	limit     string
+	fence     uint64
+	expires   time.Duration
+	forgotten bool
 }
 
-func (r *registry) put(id string, fence uint64, expires time.Duration) {
+func (r *registry) put(id, limit string, fence uint64, expires time.Duration) {
 	r.mu.Lock()
-	r.leases[id] = regEntry{fence, expires}
+	r.leases[id] = regEntry{limit: limit, fence: fence, expires: expires, forgotten: r.leases[id].forgotten}
+	r.mu.Unlock()
+}
+
+// forget marks a lease its holder stopped caring about.
+func (r *registry) forget(id string) {
+	r.mu.Lock()
+	if e, ok := r.leases[id]; ok {
+		e.forgotten = true
+		r.leases[id] = e
+	}
 	r.mu.Unlock()
 }
 
@@ -70,19 +82,19 @@ func (r *registry) drop(id string) {
 	r.mu.Unlock()
 }
 
-// live returns the ids of leases not expired at now, forgetting the others.
-func (r *registry) live(now time.Duration) []string {
+// live returns the leases not expired at now, dropping the others.
+func (r *registry) live(now time.Duration) map[string]regEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var ids []string
+	out := make(map[string]regEntry)
 	for id, e := range r.leases {
 		if e.expires <= now {
 			delete(r.leases, id)
 			continue
 		}
-		ids = append(ids, id)
+		out[id] = e
 	}
-	return ids
+	return out
 }
 
 // held is a lease a client holds, with what it believes of its expiry.
@@ -199,7 +211,7 @@ func (w *workload) acquire(ctx context.Context, c *httpClient, a acquireArgs) (*
 			} else {
 				w.rec.count("grant")
 			}
-			w.reg.put(l.ID, l.Fence, g.ExpiresAt)
+			w.reg.put(l.ID, a.limit, l.Fence, g.ExpiresAt)
 			return &held{id: l.ID, limit: a.limit, fence: l.Fence, expires: g.ExpiresAt, ttl: a.ttl}, ans
 		case disconnected:
 			w.rec.count("disconnect_mid_wait")
@@ -230,6 +242,7 @@ func (w *workload) acquire(ctx context.Context, c *httpClient, a acquireArgs) (*
 func (w *workload) hold(ctx context.Context, c *httpClient, rng *rand.Rand, h *held) {
 	if rng.Float64() < 0.08 {
 		w.rec.count("forget")
+		w.reg.forget(h.id)
 		if rng.Float64() < 0.3 {
 			w.get(ctx, c, h.id)
 		}
@@ -276,6 +289,7 @@ func (w *workload) hold(ctx context.Context, c *httpClient, rng *rand.Rand, h *h
 	}
 	if forgetLater && !w.stopping() {
 		w.rec.count("forget_after_renew")
+		w.reg.forget(h.id)
 		return
 	}
 	w.release(ctx, c, h)
@@ -290,7 +304,7 @@ func (w *workload) renew(ctx context.Context, c *httpClient, h *held, ttl time.D
 		if ans.decode(&l) {
 			op.Fence, op.ExpiresAt = l.Fence, w.rec.offset(l.ExpiresAt)
 			h.expires, h.ttl = op.ExpiresAt, ttl
-			w.reg.put(h.id, l.Fence, op.ExpiresAt)
+			w.reg.put(h.id, h.limit, l.Fence, op.ExpiresAt)
 		}
 	}
 	op.Outcome = ans.outcome()
@@ -422,8 +436,10 @@ func (w *workload) sampler(ctx context.Context, done <-chan struct{}) {
 }
 
 // crasher SIGKILLs and restarts the server kills times, evenly spread over
-// the run with some jitter, and after each restart looks up every lease
-// the clients still hold or forgot.
+// the run with some jitter. After each restart it looks up every lease the
+// clients still hold or forgot, and renews the forgotten ones (with the
+// shortest TTL, so they soon expire as their holders meant): each must
+// answer 200 with its fence unless its TTL passed.
 func (w *workload) crasher(ctx context.Context) error {
 	rng := rand.New(rand.NewPCG(uint64(w.o.seed), 1<<32))
 	c := newHTTPClient(w.srv.url())
@@ -441,8 +457,12 @@ func (w *workload) crasher(ctx context.Context) error {
 		}
 		w.rec.crash(Crash{Killed: killed, Ready: w.rec.now()})
 		w.rec.count("crash")
-		for _, id := range w.reg.live(w.rec.now() + 50*time.Millisecond) {
+		for id, e := range w.reg.live(w.rec.now() + 50*time.Millisecond) {
 			w.get(ctx, c, id)
+			if e.forgotten {
+				h := &held{id: id, limit: e.limit, fence: e.fence, expires: e.expires}
+				w.renew(ctx, c, h, time.Second)
+			}
 		}
 	}
 	return nil
