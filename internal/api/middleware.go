@@ -123,8 +123,18 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if ri.principal != "" {
 			attrs = append(attrs, slog.String("token", ri.principal))
 		}
-		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+		level := slog.LevelInfo
+		if probe(r.URL.Path) && status < 400 {
+			// Health checks and scrapes come every few seconds; at info
+			// they would drown the lines that matter.
+			level = slog.LevelDebug
+		}
+		s.log.LogAttrs(r.Context(), level, "request", attrs...)
 	})
+}
+
+func probe(path string) bool {
+	return path == "/healthz" || path == "/readyz" || path == "/metrics"
 }
 
 // RoutePattern is the chi pattern that matched r (never the raw path, which
