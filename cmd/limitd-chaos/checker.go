@@ -77,8 +77,15 @@ type Verdict struct {
 	// seen live (with their fence) after the restart: evidence that the
 	// durability check was not vacuous.
 	AcrossCrash int
-	// Samples is the number of successful queue samples.
-	Samples int
+	// Samples is the number of successful queue samples, Transients the
+	// samples that showed a head waiter with room for it (a grant in
+	// progress) without the next one showing it still there.
+	Samples    int
+	Transients int
+	// FullAtGrant is the number of grants after which the slots certainly
+	// held were exactly the capacity: the over-admission check was tight
+	// there, one slot more would have been reported.
+	FullAtGrant int
 }
 
 // OK reports whether no violation was found.
@@ -406,7 +413,11 @@ func checkOverAdmission(byLimit map[string][]*lease, caps map[string][]capSegmen
 				held += a.slots
 				latest = max(latest, a.started)
 			}
-			if c := maxCapacity(caps[name], latest, r); held > c {
+			c := maxCapacity(caps[name], latest, r)
+			if held == c {
+				v.FullAtGrant++
+			}
+			if held > c {
 				v.add(cfg, OverAdmission, "limit %q at %s: grant of lease %s (fence %d, %d slots, asked at %s) makes %d slots held by %d leases %s; capacity at most %d since %s",
 					name, secs(r), l.id, l.fence, l.slots, secs(l.started), held, len(active), describe(active), c, secs(latest))
 			}
@@ -490,12 +501,14 @@ func checkStuck(samples []Sample, cfg CheckConfig, v *Verdict) {
 		ss := byLimit[name]
 		sort.SliceStable(ss, func(i, j int) bool { return ss[i].At < ss[j].At })
 		reported := make(map[string]bool)
+		persisting := make([]bool, len(ss))
 		for i := 1; i < len(ss); i++ {
 			p, s := ss[i-1], ss[i]
 			if !stuckCondition(p) || !stuckCondition(s) || s.At-p.At < cfg.StuckGap ||
 				p.HeadHolder != s.HeadHolder || p.HeadSince != s.HeadSince {
 				continue
 			}
+			persisting[i-1], persisting[i] = true, true
 			id := s.HeadHolder + "@" + s.HeadSince
 			if reported[id] {
 				continue
@@ -503,6 +516,11 @@ func checkStuck(samples []Sample, cfg CheckConfig, v *Verdict) {
 			reported[id] = true
 			v.add(cfg, StuckWaiter, "limit %q: head waiter %s (%d slots, waiting since %s) still queued at %s and %s with capacity %d and %d in use",
 				name, s.HeadHolder, s.HeadSlots, s.HeadSince, secs(p.At), secs(s.At), s.Capacity, s.InUse)
+		}
+		for i, s := range ss {
+			if stuckCondition(s) && !persisting[i] {
+				v.Transients++
+			}
 		}
 	}
 }

@@ -66,8 +66,8 @@ func TestCheckerPassesACleanHistory(t *testing.T) {
 	}
 	v := check(t, h)
 	expect(t, v, "", 0)
-	if !v.OK() || v.Leases != 3 || v.Checked != 4 {
-		t.Errorf("verdict %+v: want OK with 3 leases and 4 answers checked", v)
+	if !v.OK() || v.Leases != 3 || v.Checked != 4 || v.FullAtGrant != 2 {
+		t.Errorf("verdict %+v: want OK with 3 leases, 4 answers checked, 2 grants at exact capacity", v)
 	}
 }
 
@@ -337,7 +337,11 @@ func TestCheckerReportsStuckWaiter(t *testing.T) {
 	expect(t, check(t, h), "", 0)
 	// One sample with room is a transient (a grant in progress).
 	h.Samples = []Sample{sample(0, 1, 1, "w1"), sample(250, 2, 2, "w1")}
-	expect(t, check(t, h), "", 0)
+	v = check(t, h)
+	expect(t, v, "", 0)
+	if v.Transients != 1 {
+		t.Errorf("Transients = %d, want 1", v.Transients)
+	}
 	// A failed read between breaks the chain.
 	h.Samples = []Sample{sample(0, 1, 1, "w1"), {Limit: "a", At: ms(250)}, sample(500, 1, 1, "w1")}
 	expect(t, check(t, h), "", 0)

@@ -182,6 +182,8 @@ type report struct {
 	LeasesAcrossCrash int               `json:"leases_verified_across_crash"`
 	AnswersChecked    int               `json:"lease_answers_checked"`
 	QueueSamples      int               `json:"queue_samples"`
+	WaiterTransients  int               `json:"queue_samples_with_room_transient"`
+	FullAtGrant       int               `json:"grants_at_exact_capacity"`
 	UnexpectedExits   int               `json:"server_unexpected_exits"`
 	GracefulStop      string            `json:"graceful_stop"`
 	Violations        map[Kind]int      `json:"violations"`
@@ -205,8 +207,10 @@ func (r report) print(w io.Writer) {
 		r.Mode, r.Seed, r.Clients, r.Limits, r.DurationSeconds, r.WallSeconds, r.CPUs)
 	fmt.Fprintf(w, "  requests %d; grants %d (%d distinct leases); crashes %d; capacity changes %d; deletions %d\n",
 		r.Requests, r.Grants, r.Leases, r.Crashes, r.CapacityChanges, r.Deletions)
-	fmt.Fprintf(w, "  leases acknowledged before a crash and verified after it: %d; lease answers checked: %d; queue samples: %d\n",
-		r.LeasesAcrossCrash, r.AnswersChecked, r.QueueSamples)
+	fmt.Fprintf(w, "  leases acknowledged before a crash and verified after it: %d; lease answers checked: %d\n",
+		r.LeasesAcrossCrash, r.AnswersChecked)
+	fmt.Fprintf(w, "  grants after which exactly the capacity was held: %d; queue samples: %d (%d showed room for the head waiter in one sample only)\n",
+		r.FullAtGrant, r.QueueSamples, r.WaiterTransients)
 	fmt.Fprintf(w, "  operations:")
 	for _, k := range sortedKeys(r.Operations) {
 		fmt.Fprintf(w, " %s=%d", k, r.Operations[k])
@@ -337,6 +341,7 @@ func chaos(ctx context.Context, o options, logw io.Writer) (rep report, err erro
 		Grants: ops["grant"] + ops["grant_replay"],
 		Leases: v.Leases, Crashes: len(h.Crashes), CapacityChanges: ops["put_limit"], Deletions: ops["delete_limit"],
 		LeasesAcrossCrash: v.AcrossCrash, AnswersChecked: v.Checked, QueueSamples: v.Samples,
+		WaiterTransients: v.Transients, FullAtGrant: v.FullAtGrant,
 		UnexpectedExits: int(srv.unexpected.Load()), GracefulStop: "exit 0",
 		Violations: v.Counts, Examples: v.Examples, Verdict: "pass", History: h,
 	}
