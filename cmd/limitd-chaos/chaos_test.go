@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +165,24 @@ func TestReportPrintsSummaryAndJSONLine(t *testing.T) {
 	}
 	if rep.violations() != 1 {
 		t.Errorf("violations() = %d, want 1", rep.violations())
+	}
+}
+
+// A kept run's history can be judged again with --check.
+func TestRecheckSavedHistory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "history.json")
+	h := History{
+		Admin:  []AdminOp{created("a", 1)},
+		Grants: []Grant{granted("a", "L1", 1, 10), granted("a", "L2", 2, 20)},
+		Finals: drained(9000),
+	}
+	if err := writeHistory(path, h); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"--check", path}, &out, &out)
+	var v violationsError
+	if !errors.As(err, &v) || v.n != 1 || !strings.Contains(out.String(), "L2") {
+		t.Errorf("run --check: err %v, output:\n%s\nwant one over-admission naming L2", err, out.String())
 	}
 }

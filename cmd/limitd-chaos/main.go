@@ -68,6 +68,9 @@ type options struct {
 	maxTTL      time.Duration
 	adminEvery  time.Duration
 	sampleEvery time.Duration
+	// check is a history.json of an earlier run to judge again, instead
+	// of making a run.
+	check string
 }
 
 // shortOptions and longOptions are the two modes' defaults; flags given on
@@ -95,6 +98,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.short, "short", false, "short mode for CI: under 60 s in all")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (database, server log, history) even when the run passes")
 	fs.DurationVar(&o.sampleEvery, "sample-every", 0, "interval of the waiter-queue samples (default 250ms)")
+	fs.StringVar(&o.check, "check", "", "judge the history.json a kept run saved, instead of making a run")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: limitd-chaos [--short] [flags]\n\nflags:")
 		fs.PrintDefaults()
@@ -112,7 +116,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	}
 	given := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	d.bin, d.keep, d.seed = o.bin, o.keep, o.seed
+	d.bin, d.keep, d.seed, d.check = o.bin, o.keep, o.seed, o.check
 	if given["duration"] {
 		d.duration = o.duration
 	}
@@ -150,6 +154,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	o, err := parseOptions(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.check != "" {
+		return recheck(o.check, stdout)
 	}
 	rep, err := chaos(ctx, o, stderr)
 	if err != nil {
@@ -418,6 +425,32 @@ func drain(ctx context.Context, c *httpClient, rec *recorder, quiesceBy time.Dur
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// recheck judges a saved history again and prints the verdict.
+func recheck(path string, w io.Writer) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var h History
+	if err := json.Unmarshal(data, &h); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	v := Check(h, DefaultCheckConfig())
+	fmt.Fprintf(w, "%s: %d leases, %d lease answers checked, %d crashes\n", path, v.Leases, v.Checked, len(h.Crashes))
+	n := 0
+	for _, k := range Kinds() {
+		n += v.Counts[k]
+		fmt.Fprintf(w, "  %-15s %d\n", k, v.Counts[k])
+		for _, e := range v.Examples[k] {
+			fmt.Fprintf(w, "      %s\n", e)
+		}
+	}
+	if n > 0 {
+		return violationsError{n}
+	}
+	return nil
 }
 
 // writeHistory saves what the clients observed, so that a failed run can
