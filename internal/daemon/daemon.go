@@ -46,6 +46,10 @@ type Daemon struct {
 	Metrics  *metrics.Metrics
 	events   *obslog.Logger
 	log      *slog.Logger
+	// initDone is closed when the background creation of restored limits'
+	// counters has ended; stopInit asks it to end early.
+	initDone chan struct{}
+	stopInit chan struct{}
 }
 
 // Open opens the database and builds the manager and API. The API answers
@@ -83,7 +87,10 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 		Middleware:  middleware,
 		Metrics:     met.Handler(),
 	})
-	return &Daemon{Store: st, Manager: mgr, API: srv, Registry: reg, Metrics: met, events: events, log: log}, nil
+	initDone := make(chan struct{})
+	close(initDone) // until Load starts one
+	return &Daemon{Store: st, Manager: mgr, API: srv, Registry: reg, Metrics: met, events: events, log: log,
+		initDone: initDone, stopInit: make(chan struct{})}, nil
 }
 
 // Load reads the durable state into the manager, expires the leases that
@@ -98,11 +105,31 @@ func (d *Daemon) Load(ctx context.Context) (store.State, error) {
 			return state, fmt.Errorf("expiring leases that expired while limitd was down: %w", err)
 		}
 	}
-	for _, l := range state.Limits {
-		d.Metrics.InitLimit(l.Name)
-	}
 	d.API.SetReady(true)
+	d.initDone = make(chan struct{})
+	go d.initCounters(state.Limits)
 	return state, nil
+}
+
+// CountersInitialized is closed once the counters of the limits restored by
+// Load exist (tests wait on it before checking them).
+func (d *Daemon) CountersInitialized() <-chan struct{} { return d.initDone }
+
+// initCounters creates the counter series of restored limits at zero, so
+// that alerts built on increase() see their first events. It runs after the
+// server is ready — with 100,000 limits it takes over a second — and creates
+// each limit's series under the manager's lock, only if the limit still
+// exists, so a limit deleted meanwhile does not get its series back.
+func (d *Daemon) initCounters(limits []slots.LimitRecord) {
+	defer close(d.initDone)
+	for _, l := range limits {
+		select {
+		case <-d.stopInit:
+			return
+		default:
+		}
+		d.Manager.IfLimit(l.Name, func() { d.Metrics.InitCounters(l.Name) })
+	}
 }
 
 // Handler is the HTTP handler of the API.
@@ -114,6 +141,8 @@ func (d *Daemon) Drain() { d.API.StartDraining() }
 // Close stops the manager and commits what is queued before closing the
 // database. Serve no requests after it.
 func (d *Daemon) Close() error {
+	close(d.stopInit)
+	<-d.initDone
 	d.Manager.Close()
 	defer d.events.Close()
 	if err := d.Store.Close(); err != nil {

@@ -340,6 +340,7 @@ func TestRestoredLimitsHaveSeriesAtZero(t *testing.T) {
 
 	clock.Advance(time.Minute) // limitd is down while the lease's TTL passes
 	h = newHarnessIn(t, dir, func(c *daemon.Config) { c.Clock = clock })
+	<-h.srv.Daemon.CountersInitialized() // created in the background once ready
 	e := h.scrape()
 	if got := e.value("limitd_acquires_total", "limit", "kept", "result", "granted"); got != 0 {
 		t.Errorf("restored limit: acquires_total{granted} = %v, want 0", got)

@@ -440,6 +440,20 @@ type LimitStats struct {
 	OldestWait time.Duration
 }
 
+// IfLimit calls f with the manager's lock held if the named limit exists,
+// and reports whether it did. Like an Observer, f runs in order with the
+// manager's events — in particular never after the limit's LimitDeleted —
+// so it must be quick and must not call back into the Manager.
+func (m *Manager) IfLimit(name string, f func()) bool {
+	m.mu.Lock()
+	defer m.unlock()
+	if m.limits[name] == nil {
+		return false
+	}
+	f()
+	return true
+}
+
 // Stats returns a consistent snapshot of every limit, taken under one lock.
 func (m *Manager) Stats() []LimitStats {
 	m.mu.Lock()
