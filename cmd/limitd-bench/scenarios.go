@@ -71,71 +71,73 @@ func runSeed(ctx context.Context, o options) (map[string]any, error) {
 func runHandoff(ctx context.Context, o options) (map[string]any, error) {
 	res := map[string]any{}
 	for _, hold := range holdsOr(o, time.Millisecond, 150*time.Millisecond) {
-		srv, err := startServer(ctx, o, "")
-		if err != nil {
-			return nil, err
-		}
-		admin := newWorker(srv.url)
-		if err := admin.putLimit(ctx, "handoff", 1); err != nil {
-			srv.stop()
-			return nil, err
-		}
-		epoch := time.Now()
-		var lastRelease atomic.Int64 // monotonic ns since epoch when the last release was sent
-		var mu sync.Mutex
-		var samples []time.Duration
-		runCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		var wg sync.WaitGroup
-		var firstErr error
-		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w := newWorker(srv.url)
-				defer w.close()
-				for runCtx.Err() == nil {
-					sent := time.Since(epoch)
-					l, err := w.acquire(runCtx, "handoff", 60)
-					got := time.Since(epoch)
-					if err != nil {
-						if runCtx.Err() == nil {
+		for _, tg := range targets() {
+			srv, err := tg.start(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			admin := newWorker(srv.url)
+			if err := admin.putLimit(ctx, "handoff", 1); err != nil {
+				srv.stop()
+				return nil, err
+			}
+			epoch := time.Now()
+			var lastRelease atomic.Int64 // monotonic ns since epoch when the last release was sent
+			var mu sync.Mutex
+			var samples []time.Duration
+			runCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			var wg sync.WaitGroup
+			var firstErr error
+			for range 2 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w := newWorker(srv.url)
+					defer w.close()
+					for runCtx.Err() == nil {
+						sent := time.Since(epoch)
+						l, err := w.acquire(runCtx, "handoff", 60)
+						got := time.Since(epoch)
+						if err != nil {
+							if runCtx.Err() == nil {
+								mu.Lock()
+								firstErr = err
+								mu.Unlock()
+								cancel()
+							}
+							return
+						}
+						if rel := time.Duration(lastRelease.Load()); rel > sent {
+							// This acquire was queued when the release went out.
 							mu.Lock()
-							firstErr = err
+							samples = append(samples, got-rel)
+							if len(samples) >= o.samples {
+								cancel()
+							}
 							mu.Unlock()
-							cancel()
 						}
-						return
-					}
-					if rel := time.Duration(lastRelease.Load()); rel > sent {
-						// This acquire was queued when the release went out.
-						mu.Lock()
-						samples = append(samples, got-rel)
-						if len(samples) >= o.samples {
-							cancel()
+						time.Sleep(hold)
+						lastRelease.Store(int64(time.Since(epoch)))
+						if err := w.release(context.Background(), l.ID); err != nil {
+							return
 						}
-						mu.Unlock()
 					}
-					time.Sleep(hold)
-					lastRelease.Store(int64(time.Since(epoch)))
-					if err := w.release(context.Background(), l.ID); err != nil {
-						return
-					}
-				}
-			}()
+				}()
+			}
+			wg.Wait()
+			cancel()
+			srv.stop()
+			if firstErr != nil {
+				return nil, firstErr
+			}
+			ps := percentiles(samples, 50, 90, 99)
+			key := fmt.Sprintf("%shold_%v_", tg.prefix, hold)
+			for k, v := range ps {
+				res[key+k] = v
+			}
+			res[key+"samples"] = len(samples)
+			summary("handoff %-9s hold %-6v  %d samples: p50 %.0f µs  p90 %.0f µs  p99 %.0f µs", tg.name, hold, len(samples), ps["p50_us"], ps["p90_us"], ps["p99_us"])
 		}
-		wg.Wait()
-		cancel()
-		srv.stop()
-		if firstErr != nil {
-			return nil, firstErr
-		}
-		ps := percentiles(samples, 50, 90, 99)
-		key := fmt.Sprintf("hold_%v_", hold)
-		for k, v := range ps {
-			res[key+k] = v
-		}
-		res[key+"samples"] = len(samples)
-		summary("handoff hold %-6v  %d samples: p50 %.0f µs  p90 %.0f µs  p99 %.0f µs", hold, len(samples), ps["p50_us"], ps["p90_us"], ps["p99_us"])
 	}
 	return res, nil
 }
@@ -145,77 +147,111 @@ func runHandoff(ctx context.Context, o options) (map[string]any, error) {
 func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 	res := map[string]any{}
 	for _, limits := range []int{1, 1000} {
-		srv, err := startServer(ctx, o, "")
-		if err != nil {
-			return nil, err
-		}
-		admin := newWorker(srv.url)
-		for i := range limits {
-			if err := admin.putLimit(ctx, fmt.Sprintf("t%d", i), 16); err != nil {
-				srv.stop()
+		for _, tg := range targets() {
+			srv, err := tg.start(ctx, o)
+			if err != nil {
 				return nil, err
 			}
-		}
-		const workers = 64
-		var cycles atomic.Int64
-		var mu sync.Mutex
-		var lat []time.Duration
-		var firstErr error
-		runCtx, cancel := context.WithTimeout(ctx, o.duration)
-		var wg sync.WaitGroup
-		start := time.Now()
-		for i := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w := newWorker(srv.url)
-				defer w.close()
-				rng := rand.New(rand.NewPCG(uint64(i), 7))
-				var mine []time.Duration
-				defer func() {
-					mu.Lock()
-					lat = append(lat, mine...)
-					mu.Unlock()
-				}()
-				for runCtx.Err() == nil {
-					name := fmt.Sprintf("t%d", rng.IntN(limits))
-					t0 := time.Now()
-					l, err := w.acquire(runCtx, name, 60)
-					if err != nil {
-						if runCtx.Err() == nil {
+			admin := newWorker(srv.url)
+			for i := range limits {
+				if err := admin.putLimit(ctx, fmt.Sprintf("t%d", i), 16); err != nil {
+					srv.stop()
+					return nil, err
+				}
+			}
+			const workers = 64
+			var cycles atomic.Int64
+			var mu sync.Mutex
+			var lat []time.Duration
+			var firstErr error
+			runCtx, cancel := context.WithTimeout(ctx, o.duration)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for i := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w := newWorker(srv.url)
+					defer w.close()
+					rng := rand.New(rand.NewPCG(uint64(i), 7))
+					var mine []time.Duration
+					defer func() {
+						mu.Lock()
+						lat = append(lat, mine...)
+						mu.Unlock()
+					}()
+					for runCtx.Err() == nil {
+						name := fmt.Sprintf("t%d", rng.IntN(limits))
+						t0 := time.Now()
+						l, err := w.acquire(runCtx, name, 60)
+						if err != nil {
+							if runCtx.Err() == nil {
+								mu.Lock()
+								firstErr = err
+								mu.Unlock()
+							}
+							return
+						}
+						mine = append(mine, time.Since(t0))
+						if err := w.release(context.Background(), l.ID); err != nil {
 							mu.Lock()
 							firstErr = err
 							mu.Unlock()
+							return
 						}
-						return
+						cycles.Add(1)
 					}
-					mine = append(mine, time.Since(t0))
-					if err := w.release(context.Background(), l.ID); err != nil {
-						mu.Lock()
-						firstErr = err
-						mu.Unlock()
-						return
-					}
-					cycles.Add(1)
-				}
-			}()
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			cancel()
+			srv.stop()
+			if firstErr != nil {
+				return nil, firstErr
+			}
+			rate := float64(cycles.Load()) / elapsed.Seconds()
+			ps := percentiles(lat, 50, 99)
+			key := fmt.Sprintf("%slimits_%d_", tg.prefix, limits)
+			res[key+"cycles_per_s"] = rate
+			res[key+"acquire_p50_us"] = ps["p50_us"]
+			res[key+"acquire_p99_us"] = ps["p99_us"]
+			summary("throughput %-9s %4d limit(s) of 16, 64 workers: %.0f cycles/s, acquire p50 %.0f µs p99 %.0f µs", tg.name, limits, rate, ps["p50_us"], ps["p99_us"])
 		}
-		wg.Wait()
-		elapsed := time.Since(start)
-		cancel()
-		srv.stop()
-		if firstErr != nil {
-			return nil, firstErr
-		}
-		rate := float64(cycles.Load()) / elapsed.Seconds()
-		ps := percentiles(lat, 50, 99)
-		key := fmt.Sprintf("limits_%d_", limits)
-		res[key+"cycles_per_s"] = rate
-		res[key+"acquire_p50_us"] = ps["p50_us"]
-		res[key+"acquire_p99_us"] = ps["p99_us"]
-		summary("throughput %4d limit(s) of 16, 64 workers: %.0f cycles/s, acquire p50 %.0f µs p99 %.0f µs", limits, rate, ps["p50_us"], ps["p99_us"])
 	}
 	return res, nil
+}
+
+// target is what an HTTP scenario runs against: limitd, or the in-memory
+// baseline measured in the same run.
+type target struct {
+	name, prefix string
+	start        func(ctx context.Context, o options) (stopper, error)
+}
+
+// stopper is a running target.
+type stopper struct {
+	url  string
+	stop func()
+}
+
+func targets() []target {
+	return []target{
+		{"limitd", "", func(ctx context.Context, o options) (stopper, error) {
+			srv, err := startServer(ctx, o, "")
+			if err != nil {
+				return stopper{}, err
+			}
+			return stopper{url: srv.url, stop: srv.stop}, nil
+		}},
+		{"baseline", "baseline_", func(context.Context, options) (stopper, error) {
+			m, err := startMemServer()
+			if err != nil {
+				return stopper{}, err
+			}
+			return stopper{url: m.url, stop: m.stop}, nil
+		}},
+	}
 }
 
 // runWaiters queues n long-poll waiters on one limit and measures the
