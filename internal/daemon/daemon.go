@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/limitd/limitd/internal/api"
@@ -50,6 +51,10 @@ type Daemon struct {
 	// counters has ended; stopInit asks it to end early.
 	initDone chan struct{}
 	stopInit chan struct{}
+	// closeOnce makes Close safe to call twice: the command defers it as a
+	// safety net and also calls it to report its error.
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open opens the database and builds the manager and API. The API answers
@@ -105,9 +110,12 @@ func (d *Daemon) Load(ctx context.Context) (store.State, error) {
 			return state, fmt.Errorf("expiring leases that expired while limitd was down: %w", err)
 		}
 	}
+	// initDone is replaced before the API is ready, so nothing that a
+	// request or a test does can read the old channel concurrently.
+	done := make(chan struct{})
+	d.initDone = done
+	go d.initCounters(state.Limits, done)
 	d.API.SetReady(true)
-	d.initDone = make(chan struct{})
-	go d.initCounters(state.Limits)
 	return state, nil
 }
 
@@ -120,8 +128,8 @@ func (d *Daemon) CountersInitialized() <-chan struct{} { return d.initDone }
 // server is ready — with 100,000 limits it takes over a second — and creates
 // each limit's series under the manager's lock, only if the limit still
 // exists, so a limit deleted meanwhile does not get its series back.
-func (d *Daemon) initCounters(limits []slots.LimitRecord) {
-	defer close(d.initDone)
+func (d *Daemon) initCounters(limits []slots.LimitRecord, done chan<- struct{}) {
+	defer close(done)
 	for _, l := range limits {
 		select {
 		case <-d.stopInit:
@@ -139,14 +147,17 @@ func (d *Daemon) Handler() http.Handler { return d.API.Handler() }
 func (d *Daemon) Drain() { d.API.StartDraining() }
 
 // Close stops the manager and commits what is queued before closing the
-// database. Serve no requests after it.
+// database. Serve no requests after it. Calls after the first return the
+// first call's result.
 func (d *Daemon) Close() error {
-	close(d.stopInit)
-	<-d.initDone
-	d.Manager.Close()
-	defer d.events.Close()
-	if err := d.Store.Close(); err != nil {
-		return fmt.Errorf("closing the database: %w", err)
-	}
-	return nil
+	d.closeOnce.Do(func() {
+		close(d.stopInit)
+		<-d.initDone
+		d.Manager.Close()
+		defer d.events.Close()
+		if err := d.Store.Close(); err != nil {
+			d.closeErr = fmt.Errorf("closing the database: %w", err)
+		}
+	})
+	return d.closeErr
 }
