@@ -149,7 +149,7 @@ func TestParseOptions(t *testing.T) {
 
 // The JSON line carries the figures RELIABILITY.md records.
 func TestReportPrintsSummaryAndJSONLine(t *testing.T) {
-	rep := report{Mode: "short", Clients: 3, Operations: map[string]int{"acquire": 2},
+	rep := report{Mode: "short", Clients: 3, Operations: map[string]int{"acquire": 2}, GracefulStop: "exit 0",
 		Violations: map[Kind]int{OverAdmission: 1}, Examples: map[Kind][]string{OverAdmission: {"L3 over"}}, Verdict: "fail"}
 	var out bytes.Buffer
 	rep.print(&out)
@@ -165,6 +165,20 @@ func TestReportPrintsSummaryAndJSONLine(t *testing.T) {
 	}
 	if rep.violations() != 1 {
 		t.Errorf("violations() = %d, want 1", rep.violations())
+	}
+}
+
+// A server that does not exit 0 on SIGTERM fails the run (guarantee 8),
+// however clean the clients' history was.
+func TestFailedGracefulStopIsAViolation(t *testing.T) {
+	rep := report{Mode: "short", GracefulStop: "exit status 2", Violations: map[Kind]int{}, Verdict: "fail"}
+	if rep.violations() != 1 {
+		t.Errorf("violations() = %d, want 1", rep.violations())
+	}
+	var out bytes.Buffer
+	rep.print(&out)
+	if !strings.Contains(out.String(), "VIOLATION: SIGTERM") {
+		t.Errorf("summary does not flag the failed stop:\n%s", out.String())
 	}
 }
 

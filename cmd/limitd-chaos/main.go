@@ -203,6 +203,11 @@ type report struct {
 
 func (r report) violations() int {
 	n := r.UnexpectedExits
+	// Guarantee 8: SIGTERM ends the server with status 0. Anything else
+	// (a panic on the way out, a hang past the grace) fails the run.
+	if r.GracefulStop != "exit 0" {
+		n++
+	}
 	for _, c := range r.Violations {
 		n += c
 	}
@@ -228,6 +233,9 @@ func (r report) print(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  graceful stop at the end: %s\n", r.GracefulStop)
+	if r.GracefulStop != "exit 0" {
+		fmt.Fprintln(w, "  VIOLATION: SIGTERM did not end the server with status 0")
+	}
 	if r.UnexpectedExits > 0 {
 		fmt.Fprintf(w, "  VIOLATION: the server exited %d times without being killed (last: %s)\n", r.UnexpectedExits, r.ServerExit)
 	}
