@@ -65,7 +65,13 @@ func IdempotencyKey(key string) AcquireOption {
 //
 // Acquire waits with long-polls of at most a minute each and asks again at
 // once when one ends without a slot, so it is served in the server's FIFO
-// order the moment its slots are free. Network errors and 503 answers
+// order the moment its slots are free. The one exception is a server (or
+// something in front of it) that does not hold long-polls at all: a 423
+// that comes back within 50 ms of a longer poll is a spin, and Acquire
+// pauses before asking again, for a random time that grows with each
+// consecutive spin up to the client's maximum backoff. A 423 after a
+// long-poll of the server's own, shorter, maximum wait is not a spin and
+// is followed by the next poll at once. Network errors and 503 answers
 // (queue full, server restarting) are retried with capped exponential
 // backoff and jitter, honouring Retry-After; every request of one Acquire
 // carries the same Idempotency-Key, so a grant whose answer was lost is
@@ -106,6 +112,7 @@ func (c *Client) Acquire(ctx context.Context, limit string, opts ...AcquireOptio
 	hdr := http.Header{"Idempotency-Key": {cfg.key}}
 	path := "/v1/limits/" + url.PathEscape(limit) + "/acquire"
 	failures := 0
+	spins := 0 // consecutive 423s that came back too soon to have waited
 	for {
 		poll := c.pollCap()
 		if !deadline.IsZero() {
@@ -115,6 +122,7 @@ func (c *Client) Acquire(ctx context.Context, limit string, opts ...AcquireOptio
 
 		pctx, cancel := context.WithTimeout(ctx, poll+pollGrace)
 		var l limitd.Lease
+		sent := time.Now()
 		resp, err := c.call(pctx, http.MethodPost, path, hdr, req, &l)
 		received := time.Now()
 		cancel()
@@ -134,8 +142,25 @@ func (c *Client) Acquire(ctx context.Context, limit string, opts ...AcquireOptio
 			// server says to ask again at once, which keeps our place as
 			// close to the queue as a long-poll can.
 			failures = 0
-			if resp.retryAfter > 0 {
-				if err := c.pause(ctx, deadline, resp.retryAfter); err != nil {
+			d := resp.retryAfter
+			switch {
+			case poll <= spinThreshold:
+				// A poll this short (the last one before the deadline)
+				// is answered quickly by any server: it says nothing.
+			case received.Sub(sent) < spinThreshold:
+				// No server that waits could have answered this soon: it
+				// holds no long-polls (a maximum wait of about 0) or a
+				// proxy answers for it. Asking again at once would be a
+				// hot loop, so back off, as for an error. Any slower 423,
+				// such as one after a server's maximum wait shorter than
+				// our poll, is a real long-poll and gets none.
+				spins++
+				d = c.backoff(spins, resp.retryAfter)
+			default:
+				spins = 0
+			}
+			if d > 0 {
+				if err := c.pause(ctx, deadline, d); err != nil {
 					return nil, fmt.Errorf("limitd: acquire %q: %w", limit, err)
 				}
 			}
@@ -154,6 +179,13 @@ func (c *Client) Acquire(ctx context.Context, limit string, opts ...AcquireOptio
 		}
 	}
 }
+
+// spinThreshold is how soon after a poll of more than it a 423 must come
+// for Acquire to take it as a spin rather than a long-poll. Far below any
+// maximum wait a server is run with (seconds to minutes), and above the
+// round trip on a local network, so a server that answers at once is
+// caught; across a slower link the round trip itself bounds the rate.
+const spinThreshold = 50 * time.Millisecond
 
 // pause waits d, or until ctx ends; a wait deadline that comes sooner cuts
 // it short, so the last poll still goes out before the deadline.

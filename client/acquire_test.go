@@ -13,6 +13,7 @@ import (
 
 	"github.com/limitd/limitd"
 	"github.com/limitd/limitd/client"
+	"github.com/limitd/limitd/internal/daemon"
 	"github.com/limitd/limitd/internal/servertest"
 )
 
@@ -371,5 +372,90 @@ func TestAcquireGivesUpOnUnreachableServerAfterWait(t *testing.T) {
 	var le *limitd.Error
 	if errors.As(err, &le) {
 		t.Fatalf("Acquire = %v: a network error is not a server error", err)
+	}
+}
+
+// maxWait returns a servertest option that sets the server's maximum wait.
+func maxWait(d time.Duration) servertest.Option {
+	return func(c *daemon.Config) { c.MaxWait, c.DefaultWait = d, d }
+}
+
+// A server that holds no long-polls (a maximum wait of 1 ms: every 423 comes
+// at once) must not turn Acquire into a hot loop of requests, and Acquire
+// must still get the slot once it is free.
+func TestAcquireDoesNotSpinOnInstant423s(t *testing.T) {
+	t.Parallel()
+	srv := servertest.Start(t, t.TempDir(), maxWait(time.Millisecond))
+	admin := mustClient(t, srv.URL)
+	name := limitName(t)
+	mustPutLimit(t, admin, name, 1)
+	holder := mustAcquire(t, admin, name)
+	p := newProxy(t, srv.URL)
+
+	// Default backoff bounds: a hot loop makes hundreds of requests in a
+	// second; the guard makes a handful.
+	c, err := client.New(p.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Acquire(t.Context(), name, client.Wait(time.Second))
+	if !errors.Is(err, client.ErrNoSlots) {
+		t.Fatalf("Acquire = %v, want ErrNoSlots", err)
+	}
+	if n := len(p.acquireKeys()); n < 2 || n > 30 {
+		t.Fatalf("%d acquire requests in 1s against a server that answers at once; want a few (backoff), not a hot loop", n)
+	}
+
+	// The backoff is bounded and the acquire goes on asking: with a
+	// small bound, a freed slot is found within a few polls.
+	before := len(p.acquireKeys())
+	var polls atomic.Int32
+	p.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/acquire") && polls.Add(1) == 3 {
+			go holder.Release(context.Background())
+		}
+		return false
+	})
+	c2 := mustClient(t, p.URL, client.WithRetryBackoff(10*time.Millisecond, 20*time.Millisecond))
+	l, err := c2.Acquire(t.Context(), name)
+	if err != nil {
+		t.Fatalf("Acquire after the slot was freed: %v", err)
+	}
+	defer l.Release(context.Background())
+	if n := len(p.acquireKeys()) - before; n < 3 {
+		t.Fatalf("granted after %d requests, want at least 3", n)
+	}
+}
+
+// A server whose maximum wait is shorter than the client's poll answers each
+// long-poll 423 after its own maximum: that is a long-poll, not a spin, and
+// Acquire asks again at once. With a backoff of up to an hour, any pause
+// between those polls would keep the test from finishing.
+func TestAcquireAsksAgainAtOnceAfterServersMaxWait(t *testing.T) {
+	t.Parallel()
+	srv := servertest.Start(t, t.TempDir(), maxWait(100*time.Millisecond))
+	admin := mustClient(t, srv.URL)
+	name := limitName(t)
+	mustPutLimit(t, admin, name, 1)
+	holder := mustAcquire(t, admin, name)
+	p := newProxy(t, srv.URL)
+	var polls atomic.Int32
+	p.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.HasSuffix(r.URL.Path, "/acquire") && polls.Add(1) == 5 {
+			// Four polls have ended with a 423 after 100 ms each.
+			go holder.Release(context.Background())
+		}
+		return false
+	})
+	c := mustClient(t, p.URL, client.WithRetryBackoff(time.Hour, time.Hour))
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	l, err := c.Acquire(ctx, name)
+	if err != nil {
+		t.Fatalf("Acquire = %v after %d polls; want the slot without pauses between polls", err, polls.Load())
+	}
+	defer l.Release(context.Background())
+	if n := polls.Load(); n != 5 {
+		t.Fatalf("%d polls, want 5 (four 423s, then the grant)", n)
 	}
 }
