@@ -15,12 +15,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
-
+	"sort"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -95,22 +95,92 @@ func run(ctx context.Context, o options) error {
 		if !ok {
 			return fmt.Errorf("unknown scenario %q", name)
 		}
+		var results []map[string]any
 		for i := 0; i < o.runs; i++ {
 			res, err := sc(ctx, o)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
+			addRatios(res)
 			res["scenario"] = name
 			res["run"] = i + 1
 			res["sync"] = o.sync
 			line, _ := json.Marshal(res)
 			fmt.Println(string(line))
+			results = append(results, res)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 		}
+		if len(results) > 1 {
+			med := medians(results)
+			med["scenario"] = name
+			med["run"] = "median"
+			med["runs"] = len(results)
+			med["sync"] = o.sync
+			line, _ := json.Marshal(med)
+			fmt.Println(string(line))
+			summary("%s: medians of %d runs:", name, len(results))
+			for _, k := range sortedKeys(med) {
+				if v, ok := med[k].(float64); ok {
+					summary("  %-45s %12.4g", k, v)
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// addRatios adds, for every figure that has a same-run baseline figure
+// (key "baseline_<figure>"), the ratio "<figure>_ratio_to_baseline".
+func addRatios(res map[string]any) {
+	for k, v := range res {
+		base, ok := res["baseline_"+k].(float64)
+		if f, isNum := v.(float64); isNum && ok && base != 0 && !strings.HasPrefix(k, "baseline_") {
+			res[k+"_ratio_to_baseline"] = f / base
+		}
+	}
+}
+
+// medians is, for every numeric figure, its median over the runs (the
+// mean of the middle two for an even count).
+func medians(runs []map[string]any) map[string]any {
+	values := make(map[string][]float64)
+	for _, r := range runs {
+		for k, v := range r {
+			switch n := v.(type) {
+			case float64:
+				values[k] = append(values[k], n)
+			case int:
+				values[k] = append(values[k], float64(n))
+			case int64:
+				values[k] = append(values[k], float64(n))
+			}
+		}
+	}
+	out := make(map[string]any, len(values))
+	for k, vs := range values {
+		if k == "run" {
+			continue
+		}
+		sort.Float64s(vs)
+		mid := len(vs) / 2
+		if len(vs)%2 == 0 {
+			out[k] = (vs[mid-1] + vs[mid]) / 2
+		} else {
+			out[k] = vs[mid]
+		}
+	}
+	return out
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // summary prints one readable line on stderr.

@@ -273,6 +273,12 @@ func runWaiters(ctx context.Context, o options) (map[string]any, error) {
 			res[fmt.Sprintf("waiters_%d_%s", n, k)] = v
 		}
 	}
+	// The target: a release costs about the same with many waiters queued
+	// as with few, since only the head is woken.
+	small, large := res["waiters_10_cpu_per_release_us"].(float64), res[fmt.Sprintf("waiters_%d_cpu_per_release_us", o.waiters)].(float64)
+	if small > 0 {
+		res["cpu_per_release_ratio_large_to_small"] = large / small
+	}
 	return res, nil
 }
 
