@@ -39,6 +39,13 @@ log = logging.getLogger("limitd")
 #: The server a Client talks to when given no url and LIMITD_URL is unset.
 DEFAULT_URL = "http://127.0.0.1:7070"
 
+# Seconds. A 423 that answers a longer poll sooner than this is a spin, not
+# a long-poll: no server that waits answers so soon, only one that holds no
+# long-polls (a maximum wait of about 0) or a proxy answering for it. Far
+# below the maximum wait any server is run with, above a round trip on a
+# local network; across a slower link the round trip itself bounds the rate.
+_SPIN_THRESHOLD = 0.05
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _VERSION = "0.1.0"
@@ -238,9 +245,15 @@ class Client:
         The wait is a loop of long-polls of at most ``max_poll`` seconds; a
         poll that ends without a slot (423) is followed by the next one at
         once, so the request keeps its turn in the server's FIFO queue as
-        closely as a long-poll can. Network errors and 503 answers (queue
-        full, server restarting) are retried with capped exponential backoff
-        and full jitter, honouring Retry-After. Every request of one acquire
+        closely as a long-poll can. That holds also when the server's
+        maximum wait is shorter than ``max_poll`` (its 423 then comes after
+        that maximum). The one exception is a spin: a 423 that comes back
+        within 50 ms of a longer poll, from a server that holds no
+        long-polls. Then the client pauses for a jittered backoff that grows
+        with each consecutive spin, up to ``max_backoff``, instead of asking
+        again in a hot loop. Network errors and 503 answers (queue full,
+        server restarting) are retried with capped exponential backoff and
+        full jitter, honouring Retry-After. Every request of one acquire
         carries the same Idempotency-Key, so a grant whose answer was lost
         is returned by the retry instead of taking a second lease.
 
@@ -259,7 +272,7 @@ class Client:
         hdrs = {"Idempotency-Key": key}
         deadline = None if wait is None else time.monotonic() + wait
         failures = 0
-        quick = 0
+        spins = 0  # consecutive 423s that came back too soon to have waited
         while True:
             poll = self.max_poll
             if deadline is not None:
@@ -274,15 +287,21 @@ class Client:
                     raise Timeout(f"no slot of {limit!r} within {wait} s", status=e.status) from e
                 failures = 0
                 pause = e.retry_after or 0.0
-                # A 423 far sooner than the poll asked for means something
-                # between us and the server does not hold long-polls; back
-                # off rather than spin.
-                # Short polls near the deadline say nothing either way.
-                if poll >= 0.5:
-                    quick = quick + 1 if time.monotonic() - sent < poll / 2 else 0
-                if quick >= 3:
-                    pause = max(pause, self._backoff(quick - 2, None))
-                self._pause(pause, deadline)
+                # Only a true spin backs off. A 423 after the server's own
+                # maximum wait, even one far shorter than the poll asked for
+                # (--max-wait 10s, max_poll 60), was a real long-poll: a
+                # pause would leave the queue, against "no polling
+                # interval", so the next poll goes out at once. A poll no
+                # longer than the threshold (the last one before the
+                # deadline) is answered quickly by any server and says nothing.
+                if poll > _SPIN_THRESHOLD:
+                    if time.monotonic() - sent < _SPIN_THRESHOLD:
+                        spins += 1
+                        pause = self._backoff(spins, e.retry_after)
+                    else:
+                        spins = 0
+                if pause > 0:
+                    self._pause(pause, deadline)
                 continue
             except (Unreachable, ServiceUnavailable) as e:
                 if deadline is not None and time.monotonic() >= deadline:

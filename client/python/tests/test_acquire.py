@@ -166,6 +166,103 @@ class TestAcquire(ServerTestCase):
         self.assertEqual(c.get_limit(name).in_use, 0)
 
 
+class _Paused(Exception):
+    """Raised by a client's pause hook in place of sleeping."""
+
+
+def _count_polls(c: limitd.Client, on_poll=None) -> list:
+    """Wrap c's requests so that each acquire POST is counted (and seen by on_poll(n) before it goes out)."""
+    polls: list = []
+    call = c._call
+
+    def counting(method: str, path: str, *args, **kwargs):
+        if method == "POST" and path.endswith("/acquire"):
+            polls.append(time.monotonic())
+            if on_poll is not None:
+                on_poll(len(polls))
+        return call(method, path, *args, **kwargs)
+
+    c._call = counting  # type: ignore[method-assign]
+    return polls
+
+
+def _forbid_pauses(c: limitd.Client) -> list:
+    """Make any pause of c's acquire loop fail the acquire at once, recording its length."""
+    pauses: list = []
+
+    def pause(seconds: float, deadline) -> None:
+        if seconds > 0:
+            pauses.append(seconds)
+            raise _Paused(f"the acquire paused {seconds:.3f} s between polls")
+
+    c._pause = pause  # type: ignore[method-assign]
+    return pauses
+
+
+class TestServerMaxWaitBelowPoll(ServerTestCase):
+    # Every long-poll is answered 423 after 0.2 s, far sooner than the
+    # client's 60 s poll asks for: a real long-poll all the same.
+    server_flags = ("--max-wait", "200ms", "--default-wait", "200ms")
+
+    def test_asks_again_at_once_after_each_423(self) -> None:
+        admin = self.client()
+        name = self.limit_name()
+        admin.put_limit(name, 1)
+        holder = admin.acquire(name)
+        self.addCleanup(holder.release)
+        c = self.client()  # max_poll 60
+        pauses = _forbid_pauses(c)
+
+        def on_poll(n: int) -> None:
+            if n == 6:  # five polls have ended with a 423; free the slot for the sixth
+                threading.Thread(target=holder.release, daemon=True).start()
+
+        polls = _count_polls(c, on_poll)
+        t, res = run_in_thread(c.acquire, name)  # wait=None: forever
+        t.join(30)
+        self.assertFalse(t.is_alive(), "the acquire did not end")
+        self.assertNotIn("error", res, f"pauses {pauses}: a 423 after the server's max wait must be followed by the next poll at once")
+        self.assertEqual(pauses, [])
+        self.assertEqual(len(polls), 6)
+        lease = res["value"]
+        self.assertEqual([x.id for x in admin.leases(name)], [lease.id])
+        lease.release()
+
+
+class TestServerWithoutLongPolls(ServerTestCase):
+    # A server that holds no long-polls: every 423 comes at once.
+    server_flags = ("--max-wait", "1ms", "--default-wait", "1ms")
+
+    def test_instant_423s_back_off_instead_of_a_hot_loop(self) -> None:
+        admin = self.client()
+        name = self.limit_name()
+        admin.put_limit(name, 1)
+        holder = admin.acquire(name)
+        self.addCleanup(holder.release)
+        c = self.client()  # default backoff: 0.1 s growing to 5 s
+        polls = _count_polls(c)
+        with self.assertRaises(limitd.Timeout):
+            c.acquire(name, wait=1.5)
+        # A hot loop makes hundreds of requests in 1.5 s; the backoff a handful.
+        self.assertGreaterEqual(len(polls), 2)
+        self.assertLessEqual(len(polls), 30, f"{len(polls)} polls in 1.5 s against a server that answers at once")
+
+        # The backoff is bounded and the acquire goes on asking: it gets
+        # the slot within a few polls of its release.
+        fast = self.client(min_backoff=0.01, max_backoff=0.02)
+
+        def on_poll(n: int) -> None:
+            if n == 3:
+                threading.Thread(target=holder.release, daemon=True).start()
+
+        fast_polls = _count_polls(fast, on_poll)
+        t, res = run_in_thread(fast.acquire, name)
+        t.join(30)
+        self.assertIn("value", res, res.get("error"))
+        self.assertGreaterEqual(len(fast_polls), 3)
+        res["value"].release()
+
+
 class TestSlotAndDecorators(ServerTestCase):
     def test_slot(self) -> None:
         c = self.client()
