@@ -45,13 +45,17 @@ class _State:
         self.abandoned = False
         self.lost = threading.Event()
         self.lost_reason: Optional[LeaseLost] = None
+        # Set when the renewer died of an unexpected error: the lease is
+        # lost to us, but may still be live on the server, so release()
+        # must still give it back.
+        self.renewer_crashed = False
 
-    def mark_lost(self, reason: LeaseLost) -> None:
+    def mark_lost(self, reason: LeaseLost, exc_info: Optional[BaseException] = None) -> None:
         self.lost_reason = reason
         self.lost.set()
         # Warn at once: the holder's code may still be running and cannot
         # be stopped from here; the decorators raise LeaseLost when it returns.
-        log.warning("limitd: %s", reason)
+        log.warning("limitd: %s", reason, exc_info=exc_info)
 
     def abandon(self) -> None:
         """Called when the Lease was garbage-collected while still held."""
@@ -66,6 +70,32 @@ def _ttl(info: LeaseInfo) -> float:
     # Leases have a TTL of at least a second; the floor only keeps a
     # malformed answer from making the renewer spin.
     return max(ttl, 1.0)
+
+
+def _renewer(state: _State) -> None:
+    """The renewer thread: _renew_loop, and a lost lease if it dies.
+
+    Without this an unexpected exception (a bug, a malformed answer that is
+    not a LimitdError) would end the thread with a traceback on stderr and
+    leave ``lost`` unset: the holder would go on believing in a lease that
+    nobody renews any more and that expires within one TTL.
+    """
+    try:
+        _renew_loop(state)
+    except BaseException as e:  # noqa: BLE001 - any end but a normal one loses the lease
+        if state.stop.is_set() and not state.abandoned:
+            # release() stopped us meanwhile and gives the lease back
+            # itself; it is not lost. Still worth a word.
+            log.warning("limitd: renewer of lease %s of %r failed while stopping: %r", state.id, state.limit, e)
+            return
+        state.renewer_crashed = True
+        state.mark_lost(
+            LeaseLost(
+                f"lease {state.id} of {state.limit!r} is no longer renewed: its renewer failed "
+                f"unexpectedly ({e.__class__.__name__}: {e}); it expires within its TTL"
+            ),
+            exc_info=e,
+        )
 
 
 def _renew_loop(state: _State) -> None:
@@ -149,7 +179,7 @@ class Lease:
         self._release_lock = threading.Lock()
         self._released = False
         self._thread = threading.Thread(
-            target=_renew_loop,
+            target=_renewer,
             args=(self._state,),
             name=f"limitd-renew-{info.id}",
             daemon=True,
@@ -254,7 +284,7 @@ class Lease:
             st.stop.set()
             if self._thread is not threading.current_thread():
                 self._thread.join()
-            if st.lost.is_set():
+            if st.lost.is_set() and not st.renewer_crashed:
                 self._released = True
                 return
             client = st.client
@@ -270,7 +300,7 @@ class Lease:
                     return
                 except LeaseNotFound as e:
                     self._released = True
-                    if failures == 0:
+                    if failures == 0 and not st.lost.is_set():
                         # Gone before we let go: the slot was not held for
                         # the whole time (expired while this process was
                         # stalled, or revoked before the renewer noticed).

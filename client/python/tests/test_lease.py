@@ -149,6 +149,34 @@ class TestLeaseLoss(ServerTestCase):
         self.assertIn("gone when released", logs.output[0])
         self.assertTrue(lease.lost.is_set())
 
+    def test_unexpected_renewer_error_sets_lost_and_release_still_frees(self) -> None:
+        c = self.client()
+        name = self.limit_name()
+        c.put_limit(name, 1)
+
+        def broken_renew(lease_id: str, timeout: float) -> limitd.LeaseInfo:
+            # Not a LimitdError: a bug, or an answer the client cannot parse.
+            raise ValueError("renewal answer without an id")
+
+        c._renew = broken_renew  # type: ignore[method-assign]
+        with self.assertLogs("limitd", "WARNING") as logs:
+            lease = c.acquire(name, ttl=3)  # first renewal after 1 s, expiry after 3 s
+            self.assertTrue(lease.lost.wait(5), "the renewer died without setting lost")
+            lease._thread.join(5)
+        self.assertFalse(lease._thread.is_alive())
+        self.assertIsInstance(lease.lost_reason, limitd.LeaseLost)
+        self.assertIn("ValueError", str(lease.lost_reason))
+        self.assertIn(lease.id, logs.output[0])
+        self.assertIn("renewal answer without an id", logs.output[0])
+        with self.assertRaises(limitd.LeaseLost):
+            lease.check()
+        # Nobody renews it, but it is still live on the server until it
+        # expires: release() must still give the slot back.
+        self.assertEqual([x.id for x in c.leases(name)], [lease.id])
+        lease.release()
+        self.assertTrue(lease.released)
+        self.assertEqual(c.leases(name), [])
+
     def test_unreachable_past_expiry_sets_lost(self) -> None:
         server = limitdtest.Server().start()
         self.addCleanup(server.close)
