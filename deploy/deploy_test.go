@@ -11,6 +11,7 @@ package deploy_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -43,6 +44,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/limitd/limitd/internal/api"
 	"go.uber.org/goleak"
 	"go.yaml.in/yaml/v4"
 )
@@ -58,14 +60,31 @@ const (
 	healthTimeout = 2 * time.Second
 )
 
-// routes are the server's routes, as "METHOD /pattern".
-func routes() []string {
-	return []string{
-		"PUT /v1/limits/{name}", "GET /v1/limits/{name}", "DELETE /v1/limits/{name}",
-		"GET /v1/limits", "GET /v1/limits/{name}/leases", "GET /v1/limits/{name}/waiters",
-		"POST /v1/limits/{name}/acquire", "GET /v1/leases/{id}", "POST /v1/leases/{id}/renew",
-		"DELETE /v1/leases/{id}", "GET /metrics", "GET /healthz", "GET /readyz",
+// routes are the server's routes, as "METHOD /pattern": the router's own
+// list (what Handler serves, and what internal/api's tests compare with
+// openapi.yaml), so a renamed or removed route fails the probe checks here.
+func routes(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, r := range api.New(api.Config{}).Routes() {
+		out = append(out, r.Method+" "+r.Pattern)
 	}
+	if len(out) == 0 {
+		t.Fatal("internal/api lists no routes")
+	}
+	return out
+}
+
+// downJob is the scrape job name that LimitdDown in rules.yml selects: the
+// one rule that depends on it, and with absent() a job of another name makes
+// it fire for ever.
+func downJob(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`absent\(up\{job="([^"]+)"\}\)`).FindSubmatch(readFile(t, "prometheus/rules.yml"))
+	if m == nil {
+		t.Fatal(`prometheus/rules.yml has no absent(up{job="..."}) in LimitdDown`)
+	}
+	return string(m[1])
 }
 
 // serveFlags are the flags of "limitd serve"; each is also LIMITD_ and its
@@ -364,10 +383,6 @@ func TestComposeRunsTheImageWithPrometheusAndGrafana(t *testing.T) {
 					continue
 				}
 				if _, err := os.Stat(src); err != nil {
-					if ownedByObservability(src) {
-						t.Logf("service %s mounts %s, which the observability work has not shipped yet", name, src)
-						continue
-					}
 					t.Errorf("service %s mounts %s: %v", name, src, err)
 				}
 			}
@@ -386,7 +401,7 @@ func TestComposeRunsTheImageWithPrometheusAndGrafana(t *testing.T) {
 			t.Fatalf("prometheus does not mount its config at %s", configPath)
 		}
 		if !exists(src) {
-			t.Skipf("%s is not there yet (observability work)", src)
+			t.Fatalf("prometheus mounts its config from %s, which does not exist", src)
 		}
 		var cfg struct {
 			Global struct {
@@ -418,8 +433,10 @@ func TestComposeRunsTheImageWithPrometheusAndGrafana(t *testing.T) {
 				if !matched {
 					t.Errorf("rule_files %q matches no file compose mounts into prometheus", rf)
 				}
-			} else if _, ok := mounts[p]; !ok {
+			} else if from, ok := mounts[p]; !ok {
 				t.Errorf("rule_files %q is %s in the container, which compose does not mount", rf, p)
+			} else if !exists(from) {
+				t.Errorf("rule_files %q is mounted from %s, which does not exist", rf, from)
 			}
 		}
 		// In its own network Prometheus reaches limitd by service name; in
@@ -436,6 +453,9 @@ func TestComposeRunsTheImageWithPrometheusAndGrafana(t *testing.T) {
 					found = true
 					if sc.MetricsPath != "" && sc.MetricsPath != "/metrics" {
 						t.Errorf("job %s scrapes %s, not /metrics", sc.JobName, sc.MetricsPath)
+					}
+					if job := downJob(t); sc.JobName != job {
+						t.Errorf("job %s scrapes limitd, but LimitdDown selects job=%q: it would fire for ever", sc.JobName, job)
 					}
 				}
 			}
@@ -528,7 +548,7 @@ func checkGrafana(t *testing.T, c composeFile) {
 		t.Errorf("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH=%s, but the dashboard is mounted at %s", home, dashTarget)
 	}
 	if !exists(dashSrc) {
-		t.Skipf("%s is not there yet (observability work)", dashSrc)
+		t.Fatalf("grafana mounts the dashboard from %s, which does not exist", dashSrc)
 	}
 	checkDashboardDatasources(t, dashSrc, uids)
 }
@@ -601,16 +621,10 @@ func checkDatasourceRef(t *testing.T, file string, ref any, uids, vars map[strin
 	}
 }
 
-// ownedByObservability tells files that another piece of work ships.
-func ownedByObservability(p string) bool {
-	p = filepath.ToSlash(filepath.Clean(p))
-	return strings.HasPrefix(p, "prometheus/") || strings.HasPrefix(p, "grafana/")
-}
-
 func TestPromtoolAcceptsTheScrapeConfig(t *testing.T) {
 	const cfg = "prometheus/prometheus.yml"
 	if !exists(cfg) {
-		t.Skipf("%s does not exist yet (observability work)", cfg)
+		t.Fatalf("%s does not exist", cfg)
 	}
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
@@ -943,6 +957,7 @@ type servicePort struct {
 
 type serviceMonitor struct {
 	Spec struct {
+		JobLabel string `yaml:"jobLabel"`
 		Selector struct {
 			MatchLabels map[string]string `yaml:"matchLabels"`
 		} `yaml:"selector"`
@@ -1062,7 +1077,7 @@ func TestKubernetesManifests(t *testing.T) {
 				t.Errorf("%s: missing or not httpGet", name)
 				continue
 			}
-			if !slices.Contains(routes(), "GET "+p.HTTPGet.Path) {
+			if !slices.Contains(routes(t), "GET "+p.HTTPGet.Path) {
 				t.Errorf("%s GET %s: no such route", name, p.HTTPGet.Path)
 			}
 			if w, ok := want[name]; ok && p.HTTPGet.Path != w {
@@ -1216,6 +1231,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 		var matched []service
 		var names []string
+		var objs []k8sObject
 		for _, o := range m.kind("Service") {
 			if subset(sm.Spec.Selector.MatchLabels, o.Metadata.Labels) {
 				var s service
@@ -1224,13 +1240,23 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 				matched = append(matched, s)
 				names = append(names, o.Metadata.Name)
+				objs = append(objs, o)
 			}
 		}
 		if len(matched) != 1 {
 			t.Fatalf("the ServiceMonitor selects Services %v: want exactly one, or every series is scraped twice", names)
 		}
+		// The Prometheus Operator names the job after the Service, or after
+		// the value of the Service's label that spec.jobLabel names.
+		job := names[0]
+		if sm.Spec.JobLabel != "" {
+			job = objs[0].Metadata.Labels[sm.Spec.JobLabel]
+		}
+		if want := downJob(t); job != want {
+			t.Errorf("the ServiceMonitor's targets get job=%q, but LimitdDown selects job=%q: it would fire for ever", job, want)
+		}
 		for _, ep := range sm.Spec.Endpoints {
-			if !slices.Contains(routes(), "GET "+ep.Path) {
+			if !slices.Contains(routes(t), "GET "+ep.Path) {
 				t.Errorf("ServiceMonitor path %q is no route", ep.Path)
 			}
 			if !slices.ContainsFunc(matched[0].Spec.Ports, func(p servicePort) bool { return p.Name == ep.Port }) {
@@ -1735,6 +1761,20 @@ func TestImageEnvironmentServesAndPassesItsHealthcheck(t *testing.T) {
 		t.Errorf("GET /v1/limits without a token: %s, want 401", resp.Status)
 	}
 
+	// Kubelet probes and Prometheus scrapes carry no token, and the server
+	// is loaded and not draining: every path they ask answers 200.
+	for _, p := range probedPaths(t) {
+		resp, err := http.Get("http://" + srv.addr + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s without a token: %s %s, want 200", p, resp.Status, body)
+		}
+	}
+
 	sig := map[string]syscall.Signal{"SIGTERM": syscall.SIGTERM, "SIGINT": syscall.SIGINT}[stage.last("STOPSIGNAL")]
 	if sig == 0 {
 		t.Fatalf("STOPSIGNAL %q is not a graceful stop of limitd", stage.last("STOPSIGNAL"))
@@ -1744,6 +1784,44 @@ func TestImageEnvironmentServesAndPassesItsHealthcheck(t *testing.T) {
 		t.Errorf("after %s limitd exited %d, want 0\n%s", stage.last("STOPSIGNAL"), code, srv.logs())
 	}
 	t.Logf("stopped in %v", took)
+}
+
+// probedPaths are the paths that the shipped files make something other
+// than a worker ask: the StatefulSet's probes, the ServiceMonitor's and the
+// scrape config's metrics paths.
+func probedPaths(t *testing.T) []string {
+	t.Helper()
+	seen := map[string]bool{}
+	m := loadKubernetes(t)
+	var sts statefulSet
+	m.one(t, "StatefulSet", &sts)
+	for _, c := range sts.Spec.Template.Spec.Containers {
+		for _, p := range []*probe{c.StartupProbe, c.LivenessProbe, c.ReadinessProbe} {
+			if p != nil && p.HTTPGet != nil {
+				seen[p.HTTPGet.Path] = true
+			}
+		}
+	}
+	var sm serviceMonitor
+	m.one(t, "ServiceMonitor", &sm)
+	for _, ep := range sm.Spec.Endpoints {
+		seen[cmp.Or(ep.Path, "/metrics")] = true
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			MetricsPath string `yaml:"metrics_path"`
+		} `yaml:"scrape_configs"`
+	}
+	decodeYAML(t, "prometheus/prometheus.yml", &cfg)
+	for _, sc := range cfg.ScrapeConfigs {
+		seen[cmp.Or(sc.MetricsPath, "/metrics")] = true
+	}
+	for _, want := range []string{"/healthz", "/readyz", "/metrics"} {
+		if !seen[want] {
+			t.Errorf("nothing in deploy/ probes or scrapes %s", want)
+		}
+	}
+	return sortedKeys(seen)
 }
 
 type server struct {
