@@ -6,6 +6,7 @@
 // lease renews itself in the background, and releases the slot afterwards:
 //
 //	c, err := client.New("http://limitd.internal:7070", client.WithToken(token))
+//	// or client.FromEnv(): LIMITD_URL and LIMITD_TOKEN, as the CLI reads them
 //	...
 //	err = c.Do(ctx, "payments-api", func(ctx context.Context) error {
 //		return callPaymentsAPI(ctx) // at most capacity of these run at once
@@ -157,6 +158,22 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	if err := (limitd.AcquireRequest{Holder: c.holder}).Validate(limitd.MaxTTLCeiling); err != nil {
 		return nil, fmt.Errorf("limitd: holder: %w", err)
+	}
+	return c, nil
+}
+
+// FromEnv returns a client configured from the environment, as the limitd
+// CLI is: the server from LIMITD_URL (DefaultURL when unset or empty) and
+// the bearer token from LIMITD_TOKEN (none when unset or empty). opts apply
+// after the environment, so WithToken overrides LIMITD_TOKEN.
+func FromEnv(opts ...Option) (*Client, error) {
+	var env []Option
+	if token := os.Getenv("LIMITD_TOKEN"); token != "" {
+		env = append(env, WithToken(token))
+	}
+	c, err := New(os.Getenv("LIMITD_URL"), append(env, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("%w (from LIMITD_URL)", err)
 	}
 	return c, nil
 }
