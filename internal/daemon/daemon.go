@@ -70,7 +70,11 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 	// scrape can come before Open returns.
 	var mgr *slots.Manager
 	met := metrics.New(reg, metrics.StatsFunc(func() []slots.LimitStats { return mgr.Stats() }))
-	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync, OnCommit: met.ObserveCommit})
+	commits := newCommitLog(log, commitLogInterval, time.Now)
+	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync, OnCommit: func(changes int, took time.Duration, err error) {
+		met.ObserveCommit(changes, took, err)
+		commits.observe(changes, err)
+	}})
 	if err != nil {
 		return nil, err
 	}

@@ -75,7 +75,8 @@ func fill(t *testing.T, dir string) string {
 // is freed, limitd works again without a restart.
 func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	dir := smallDisk(t, "4m")
-	srv := servertest.Start(t, dir)
+	var out jsonLog
+	srv := servertest.Start(t, dir, func(c *daemon.Config) { c.Logger = out.logger() })
 	if resp, data := call(t, "PUT", srv.URL+"/v1/limits/full", `{"capacity": 5}`); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, data)
 	}
@@ -107,11 +108,24 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 		t.Fatalf("in_use = %d after failed grants: a grant that was never durable holds a slot", got)
 	}
 
+	// The operator learns it from the log too, not only from a metric.
+	failed := out.lines(t, commitFailedMsg)
+	if len(failed) == 0 {
+		t.Fatal("no error logged for the failed commit")
+	}
+	if f := failed[0]; f["level"] != "ERROR" || !strings.Contains(f["err"].(string), "disk is full") || f["changes"] == nil {
+		t.Fatalf("failed commit logged as %v, want level ERROR with the error and the batch size", f)
+	}
+	t.Logf("log: %v", failed[0])
+
 	os.Remove(filler)
 	waitUntil(t, func() bool {
 		resp, _ := call(t, "POST", srv.URL+"/v1/limits/full/acquire", `{"wait_seconds": 0}`)
 		return resp.StatusCode == http.StatusCreated
 	})
+	if back := out.lines(t, commitsBackMsg); len(back) != 1 || back[0]["failed_commits"].(float64) < 1 {
+		t.Fatalf("recovery logged as %v, want one line counting the failed commits", back)
+	}
 }
 
 // A database on a read-only file system is refused at start with a clear

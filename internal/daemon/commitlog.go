@@ -1,0 +1,63 @@
+package daemon
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// commitLogInterval is the shortest gap between two log lines about failed
+// commits. A full or read-only disk fails every commit, several a second
+// under load, and the log is often on that same disk.
+const commitLogInterval = 10 * time.Second
+
+// commitLog logs failed database commits, which otherwise reach only a
+// metric and the problem detail of the client whose grant failed. The
+// first failure is logged at once; while the failures go on, at most one
+// line per interval follows, with how many failures it did not log; the
+// first commit that succeeds again is logged too, so the log shows when an
+// outage ended and how large it was.
+type commitLog struct {
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	// The store calls observe from its single writer goroutine; the mutex
+	// only keeps that an implementation detail of the store.
+	mu         sync.Mutex
+	failing    bool
+	since      time.Time // the first failure of the current outage
+	lastLine   time.Time
+	failures   int // failed commits in the current outage
+	suppressed int // failed commits not logged since the last line
+}
+
+func newCommitLog(log *slog.Logger, interval time.Duration, now func() time.Time) *commitLog {
+	return &commitLog{log: log, interval: interval, now: now}
+}
+
+// observe is called after every commit with its size and error.
+func (c *commitLog) observe(changes int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		if !c.failing {
+			return // the common case: no clock read, no allocation
+		}
+		c.log.Info("database commits succeed again", "failed_commits", c.failures,
+			"outage", c.now().Sub(c.since).Round(time.Millisecond))
+		c.failing, c.failures, c.suppressed = false, 0, 0
+		return
+	}
+	now := c.now()
+	c.failures++
+	if !c.failing {
+		c.failing, c.since = true, now
+	} else if now.Sub(c.lastLine) < c.interval {
+		c.suppressed++
+		return
+	}
+	c.log.Error("database commit failed: acquires and renewals are answered 503 store_unavailable, releases are retried",
+		"err", err, "changes", changes, "failed_commits", c.failures, "suppressed", c.suppressed)
+	c.lastLine, c.suppressed = now, 0
+}
