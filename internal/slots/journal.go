@@ -83,6 +83,9 @@ type Journal interface {
 type Commit struct {
 	done chan struct{}
 	err  error
+	// help is the journal's way to commit queued changes on the goroutine
+	// that waits for them (see OnWait); nil when it has none.
+	help func()
 }
 
 // NewCommit returns an unresolved Commit; journals create one per Append.
@@ -103,8 +106,24 @@ func (c *Commit) Done() <-chan struct{} { return c.done }
 // Err is the commit's outcome; it is only meaningful after Done is closed.
 func (c *Commit) Err() error { return c.err }
 
+// OnWait makes Wait call help before it blocks. A journal sets it in Append
+// when it can commit on the waiting goroutine: a request that waits for its
+// change then usually commits it itself, instead of waking a writer
+// goroutine and being woken back by it, which is two hand-offs between
+// threads on the path of every grant. help must not block for long when
+// another goroutine is already committing.
+func (c *Commit) OnWait(help func()) { c.help = help }
+
 // Wait blocks until the commit is resolved or ctx ends.
 func (c *Commit) Wait(ctx context.Context) error {
+	if c.help != nil {
+		select {
+		case <-c.done:
+			return c.err
+		default:
+			c.help()
+		}
+	}
 	select {
 	case <-c.done:
 		return c.err

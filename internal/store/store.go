@@ -2,9 +2,11 @@
 // and the fencing counter. It is the only package with SQL.
 //
 // Writes arrive through Append (the slots.Journal interface) and are
-// committed by one writer goroutine, many changes to a transaction: while one
-// transaction commits, the next batch gathers, so concurrent grants and
-// releases share one commit (and one fsync) instead of paying one each.
+// committed in order, one transaction at a time, many changes to a
+// transaction: while one transaction commits, the next batch gathers, so
+// concurrent grants and releases share one commit (and one fsync) instead of
+// paying one each. The committer is usually the request that waits for its
+// change (slots.Commit.Wait helps), else a writer goroutine.
 package store
 
 import (
@@ -72,6 +74,13 @@ type Store struct {
 	// fenceReserved is the fence counter as stored: no fence above it
 	// has been handed out.
 	fenceReserved atomic.Uint64
+
+	// commitMu is held by whoever commits: the writer goroutine, or a
+	// caller waiting on its Commit (see help). One committer at a time,
+	// each taking the oldest queued changes, keeps commits in order.
+	commitMu sync.Mutex
+	batch    []pendingChange // the batch being committed; guarded by commitMu
+	stopped  bool            // the writer has exited; guarded by mu
 
 	wake chan struct{} // buffered 1: "there is work"
 	done chan struct{} // closed when the writer has stopped
@@ -312,10 +321,25 @@ func (s *Store) Append(entries []slots.Entry) {
 		return
 	}
 	for _, e := range entries {
+		e.Commit.OnWait(s.help)
 		s.pending = append(s.pending, pendingChange{change: e.Change, commit: e.Commit})
 	}
 	s.mu.Unlock()
+	// The writer is woken even when a waiter will commit these changes
+	// itself: nobody waits for some of them (expiries), and a waiter may
+	// find another commit running.
 	s.signal()
+}
+
+// help commits the queued changes on the calling goroutine when no commit
+// is running; otherwise it returns at once and the running committer, or
+// the writer after it, takes them.
+func (s *Store) help() {
+	if !s.commitMu.TryLock() {
+		return
+	}
+	s.commitNextLocked()
+	s.commitMu.Unlock()
 }
 
 // Write queues one change and returns its Commit: Append for callers that
@@ -347,29 +371,22 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// writeLoop is the single writer: it takes whatever is queued, commits it in
-// one transaction, resolves every change's Commit, and repeats. Changes
-// queued while a commit runs form the next batch.
+// writeLoop is the writer of last resort: it commits whatever is queued and
+// no waiting caller committed, many changes to a transaction, and repeats.
+// Changes queued while a commit runs form the next batch.
 func (s *Store) writeLoop() {
 	defer close(s.done)
-	var batch []pendingChange
 	for range s.wake {
 		for {
-			s.mu.Lock()
-			retry := s.retry
-			s.retry = nil
-			n := min(len(s.pending), maxBatch)
-			batch = append(batch[:0], s.pending[:n]...)
-			s.pending = append(s.pending[:0], s.pending[n:]...)
-			closing := s.closing
-			s.mu.Unlock()
-
-			if len(batch) > 0 || len(retry) > 0 {
-				s.commitBatch(retry, batch)
-			}
-			clear(batch)
+			s.commitMu.Lock()
+			s.commitNextLocked()
+			s.commitMu.Unlock()
 			s.mu.Lock()
 			more := len(s.pending) > 0
+			closing := s.closing
+			if closing && !more {
+				s.stopped = true
+			}
 			s.mu.Unlock()
 			if more {
 				continue
@@ -380,6 +397,27 @@ func (s *Store) writeLoop() {
 			break
 		}
 	}
+}
+
+// commitNextLocked commits the oldest queued changes (and the deletions to
+// retry) in one transaction, with commitMu held.
+func (s *Store) commitNextLocked() {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	retry := s.retry
+	s.retry = nil
+	n := min(len(s.pending), maxBatch)
+	s.batch = append(s.batch[:0], s.pending[:n]...)
+	s.pending = append(s.pending[:0], s.pending[n:]...)
+	s.mu.Unlock()
+
+	if len(s.batch) > 0 || len(retry) > 0 {
+		s.commitBatch(retry, s.batch)
+	}
+	clear(s.batch)
 }
 
 func (s *Store) commitBatch(retry []slots.Change, batch []pendingChange) {
