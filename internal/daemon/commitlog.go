@@ -22,8 +22,8 @@ type commitLog struct {
 	interval time.Duration
 	now      func() time.Time
 
-	// The store calls observe from its single writer goroutine; the mutex
-	// only keeps that an implementation detail of the store.
+	// The store commits one batch at a time, but on whichever goroutine
+	// commits it; the mutex keeps this correct whatever the store does.
 	mu         sync.Mutex
 	failing    bool
 	since      time.Time // the first failure of the current outage
