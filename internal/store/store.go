@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -335,6 +336,10 @@ func (s *Store) Append(entries []slots.Entry) {
 // is running; otherwise it returns at once and the running committer, or
 // the writer after it, takes them.
 func (s *Store) help() {
+	// Yield once first: when other requests are runnable they append
+	// their changes meanwhile and share this commit (a busy server keeps
+	// its large batches); when none are, this returns at once.
+	runtime.Gosched()
 	if !s.commitMu.TryLock() {
 		return
 	}
