@@ -251,6 +251,181 @@ func TestDockerfileRunsAStaticNonRootBinaryThatStopsGracefully(t *testing.T) {
 	})
 }
 
+// dockerRun is one "docker run" command line as the docs give it.
+type dockerRun struct {
+	where   string
+	publish []string          // -p
+	volumes map[string]string // -v: container path → source
+	env     map[string]string // -e
+	image   string
+}
+
+// dockerRuns finds the "docker run" commands in text: each runs to the end
+// of its code span (`...`) or of its line, backslash continuations joined.
+func dockerRuns(t *testing.T, where, text string) []dockerRun {
+	t.Helper()
+	text = regexp.MustCompile(`\\\n\s*`).ReplaceAllString(text, " ")
+	var out []dockerRun
+	for _, m := range regexp.MustCompile("docker run [^`\n]*").FindAllString(text, -1) {
+		out = append(out, parseDockerRun(t, where, strings.TrimSpace(m)))
+	}
+	return out
+}
+
+func parseDockerRun(t *testing.T, where, cmd string) dockerRun {
+	t.Helper()
+	r := dockerRun{where: where + ": " + cmd, volumes: map[string]string{}, env: map[string]string{}}
+	words := shellWords(strings.TrimPrefix(cmd, "docker run "))
+	for i := 0; i < len(words); i++ {
+		w := words[i]
+		arg := func() string {
+			if i+1 >= len(words) {
+				t.Fatalf("%s: %s without a value", r.where, w)
+			}
+			i++
+			return words[i]
+		}
+		switch {
+		case w == "-p" || w == "--publish":
+			r.publish = append(r.publish, arg())
+		case w == "-v" || w == "--volume":
+			parts := strings.Split(arg(), ":")
+			if len(parts) < 2 {
+				t.Fatalf("%s: -v %s is not SOURCE:TARGET", r.where, parts[0])
+			}
+			r.volumes[path.Clean(parts[1])] = parts[0]
+		case w == "-e" || w == "--env":
+			k, v, _ := strings.Cut(arg(), "=")
+			r.env[k] = v
+		case strings.HasPrefix(w, "-"):
+			// --rm, -d, --name x: nothing that this test checks
+			if w == "--name" {
+				arg()
+			}
+		default:
+			r.image = w
+			return r
+		}
+	}
+	t.Fatalf("%s: no image", r.where)
+	return r
+}
+
+// shellWords splits a command line at spaces, keeping "quoted parts" whole.
+func shellWords(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, any := false, false
+	for _, c := range s {
+		switch {
+		case c == '"':
+			quoted, any = !quoted, true
+		case c == ' ' && !quoted:
+			if any {
+				out = append(out, cur.String())
+			}
+			cur.Reset()
+			any = false
+		default:
+			cur.WriteRune(c)
+			any = true
+		}
+	}
+	if any {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// TestDocumentedDockerRunCommandsStart checks each "docker run" that the
+// README's Deploy section and the Dockerfile's header give against the
+// image: limitd would start with that environment, the database is on a
+// volume, the listen port is published, a mounted tokens file is where
+// LIMITD_TOKENS_FILE points, and without authentication only loopback sees
+// the port. One command with a tokens file and one that opts out must be
+// there.
+func TestDocumentedDockerRunCommandsStart(t *testing.T) {
+	final := parseDockerfile(t, "docker/Dockerfile")
+	image := final.stages[len(final.stages)-1].env()
+	readme := string(readFile(t, "../README.md"))
+	start := strings.Index(readme, "\n## Deploy\n")
+	if start < 0 {
+		t.Fatal(`README.md has no "## Deploy" section`)
+	}
+	deploy := readme[start+1:]
+	if end := strings.Index(deploy, "\n## "); end >= 0 {
+		deploy = deploy[:end]
+	}
+	var header strings.Builder
+	for _, line := range strings.Split(string(readFile(t, "docker/Dockerfile")), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			break
+		}
+		header.WriteString(strings.TrimPrefix(line, "#") + "\n")
+	}
+	for _, src := range []struct{ where, text string }{
+		{"README.md Deploy", deploy}, {"deploy/docker/Dockerfile header", header.String()},
+	} {
+		runs := dockerRuns(t, src.where, src.text)
+		var withTokens, optOut bool
+		for _, r := range runs {
+			env := map[string]string{}
+			for k, v := range image {
+				env[k] = v
+			}
+			for k, v := range r.env {
+				env[k] = v
+			}
+			name := "NoAuthentication"
+			if env["LIMITD_TOKENS_FILE"] != "" {
+				name = "TokensFile"
+			}
+			t.Run(strings.Fields(src.where)[0]+"/"+name, func(t *testing.T) {
+				if r.image != "limitd" {
+					t.Errorf("%s: runs image %q; the build command tags it limitd", r.where, r.image)
+				}
+				checkAuthRule(t, r.where, env)
+				dir := path.Dir(env["LIMITD_DB"])
+				if m := mountHolding(sortedKeys(r.volumes), dir); m == "" {
+					t.Errorf("%s: no -v holds the database directory %s", r.where, dir)
+				} else if src := r.volumes[m]; strings.HasPrefix(src, ".") || strings.HasPrefix(src, "/") || strings.HasPrefix(src, "$") {
+					t.Errorf("%s: the database is on the bind mount %s, which nonroot may not be able to write: use a named volume", r.where, src)
+				}
+				port := portOf(t, env["LIMITD_ADDR"])
+				loopbackOnly := len(r.publish) > 0
+				published := false
+				for _, p := range r.publish {
+					if strings.HasSuffix(p, ":"+port) {
+						published = true
+					}
+					if !strings.HasPrefix(p, "127.0.0.1:") && !strings.HasPrefix(p, "[::1]:") {
+						loopbackOnly = false
+					}
+				}
+				if !published {
+					t.Errorf("%s: -p %v does not publish the listen port %s", r.where, r.publish, port)
+				}
+				if tf := env["LIMITD_TOKENS_FILE"]; tf != "" {
+					withTokens = true
+					if _, ok := r.volumes[path.Clean(tf)]; !ok && mountHolding(sortedKeys(r.volumes), path.Dir(tf)) == "" {
+						t.Errorf("%s: LIMITD_TOKENS_FILE=%s, but no -v puts a file there: limitd would not start", r.where, tf)
+					}
+				}
+				if isTrue(env["LIMITD_INSECURE_NO_AUTH"]) {
+					optOut = true
+					if !loopbackOnly {
+						t.Errorf("%s: runs without authentication and publishes %v beyond this machine", r.where, r.publish)
+					}
+				}
+			})
+		}
+		if !withTokens || !optOut {
+			t.Errorf("%s: want a docker run with a tokens file and one with the explicit opt-out; found %d command(s), tokens file %v, opt-out %v",
+				src.where, len(runs), withTokens, optOut)
+		}
+	}
+}
+
 // ---- docker compose --------------------------------------------------------
 
 type composeFile struct {
