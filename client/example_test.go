@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/limitd/limitd"
 	"github.com/limitd/limitd/client"
 )
 
@@ -143,4 +145,89 @@ func ExampleSentinel() {
 		log.Fatal(err)
 	}
 	// Output: create the limit first
+}
+
+// ListLimits shows every limit with its usage, as a dashboard or a
+// capacity check would read it.
+func ExampleClient_ListLimits() {
+	ctx := context.Background()
+	c, err := client.FromEnv() // LIMITD_URL and LIMITD_TOKEN
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, name := range []string{"etl:load", "etl:extract"} {
+		if _, err := c.PutLimit(ctx, name, client.LimitConfig{Capacity: 2}); err != nil {
+			log.Fatal(err)
+		}
+		defer c.DeleteLimit(ctx, name)
+	}
+	lease, err := c.Acquire(ctx, "etl:extract")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer lease.Release(ctx)
+
+	limits, err := c.ListLimits(ctx) // sorted by name
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, l := range limits {
+		if strings.HasPrefix(l.Name, "etl:") {
+			fmt.Printf("%-12s %d/%d in use, %d waiting\n", l.Name, l.InUse, l.Capacity, l.Waiting)
+		}
+	}
+	// Output:
+	// etl:extract  1/2 in use, 0 waiting
+	// etl:load     0/2 in use, 0 waiting
+}
+
+// Waiters shows who waits for a limit, head of the queue first: what an
+// admin looks at when work is stuck.
+func ExampleClient_Waiters() {
+	ctx := context.Background()
+	c, err := client.FromEnv()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := c.PutLimit(ctx, "render-farm", client.LimitConfig{Capacity: 1}); err != nil {
+		log.Fatal(err)
+	}
+	defer c.DeleteLimit(ctx, "render-farm")
+	held, err := c.Acquire(ctx, "render-farm", client.Holder("render-1"))
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// Another worker queues behind the holder.
+	got := make(chan *client.Lease)
+	go func() {
+		l, err := c.Acquire(ctx, "render-farm", client.Holder("render-2"))
+		if err != nil {
+			log.Fatal(err)
+		}
+		got <- l
+	}()
+	var waiters []limitd.Waiter
+	for len(waiters) == 0 { // the server sends no event when a request queues
+		time.Sleep(10 * time.Millisecond)
+		if waiters, err = c.Waiters(ctx, "render-farm"); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for _, w := range waiters {
+		fmt.Printf("#%d %s waits for %d slot\n", w.Position, w.Holder, w.Slots)
+	}
+
+	// The release hands the slot to the head of the queue at once.
+	if err := held.Release(ctx); err != nil {
+		log.Fatal(err)
+	}
+	next := <-got
+	fmt.Println("now held by", next.Lease().Holder)
+	if err := next.Release(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// #1 render-2 waits for 1 slot
+	// now held by render-2
 }
