@@ -47,6 +47,7 @@ type Daemon struct {
 	Metrics  *metrics.Metrics
 	events   *obslog.Logger
 	log      *slog.Logger
+	clock    slots.Clock // the manager's, for the clamp at Load
 	// initDone is closed when the background creation of restored limits'
 	// counters has ended; stopInit asks it to end early.
 	initDone chan struct{}
@@ -79,7 +80,11 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	events := obslog.New(log)
-	mgr = slots.New(slots.Config{Journal: st, Clock: cfg.Clock, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters,
+	clock := cfg.Clock
+	if clock == nil {
+		clock = slots.NewSystemClock()
+	}
+	mgr = slots.New(slots.Config{Journal: st, Clock: clock, DefaultTTL: cfg.DefaultTTL, MaxWaiters: cfg.MaxWaiters,
 		Observer: obslog.Multi(met, events)})
 	// Metrics first: requests refused by later middleware are counted too.
 	middleware := []func(http.Handler) http.Handler{met.Middleware}
@@ -98,7 +103,7 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 	})
 	initDone := make(chan struct{})
 	close(initDone) // until Load starts one
-	return &Daemon{Store: st, Manager: mgr, API: srv, Registry: reg, Metrics: met, events: events, log: log,
+	return &Daemon{Store: st, Manager: mgr, API: srv, Registry: reg, Metrics: met, events: events, log: log, clock: clock,
 		initDone: initDone, stopInit: make(chan struct{})}, nil
 }
 
@@ -109,6 +114,7 @@ func (d *Daemon) Load(ctx context.Context) (store.State, error) {
 	if err != nil {
 		return state, err
 	}
+	d.clampExpiries(ctx, state.Leases)
 	for _, c := range d.Manager.Restore(state.Limits, state.Leases, state.Fence) {
 		if err := c.Wait(ctx); err != nil {
 			return state, fmt.Errorf("expiring leases that expired while limitd was down: %w", err)
@@ -121,6 +127,33 @@ func (d *Daemon) Load(ctx context.Context) (store.State, error) {
 	go d.initCounters(state.Limits, done)
 	d.API.SetReady(true)
 	return state, nil
+}
+
+// clampExpiries bounds the loaded leases' expiries to now plus their TTL
+// (see store.ClampExpiries), with "now" from the manager's clock, which
+// Restore then reads too. The new expiries are written back, so that the
+// next start does not clamp them again to a later time; a failed write
+// only costs that, so it is logged and the start goes on.
+func (d *Daemon) clampExpiries(ctx context.Context, leases []slots.LeaseRecord) {
+	now, _ := d.clock.Read()
+	clamped := store.ClampExpiries(leases, now)
+	if len(clamped) == 0 {
+		return
+	}
+	first := clamped[0]
+	d.log.Warn("leases expired further ahead than their TTL allows, as when the wall clock was set back while limitd was down: each now expires its TTL from now",
+		"leases", len(clamped), "example_lease", first.ID, "example_limit", first.Limit, "now", now.UTC())
+	entries := make([]slots.Entry, len(clamped))
+	for i, l := range clamped {
+		entries[i] = slots.Entry{Change: slots.Change{Kind: slots.ChangeRenew, Lease: l}, Commit: slots.NewCommit()}
+	}
+	d.Store.Append(entries)
+	for _, e := range entries {
+		if err := e.Commit.Wait(ctx); err != nil {
+			d.log.Warn("writing back the clamped expiries failed; the next start clamps them again", "err", err)
+			return
+		}
+	}
 }
 
 // CountersInitialized is closed once the counters of the limits restored by

@@ -28,7 +28,13 @@ func checkLimit(r slots.LimitRecord) error {
 	return nil
 }
 
-func checkLease(r slots.LeaseRecord, now time.Time) error {
+// checkLease refuses a lease row the API could never have written. Its
+// times are no reason to refuse one: a wall clock set back makes a lease
+// expire further ahead than its TTL allows (when set back while limitd was
+// down) or, renewed after the step, expire before it was acquired. A
+// refusal would keep limitd from starting until the clock caught up;
+// ClampExpiries bounds such leases instead.
+func checkLease(r slots.LeaseRecord, _ time.Time) error {
 	if err := limitd.ValidateLeaseID(r.ID); err != nil {
 		return err
 	}
@@ -42,16 +48,45 @@ func checkLease(r slots.LeaseRecord, now time.Time) error {
 		return errors.New("fence is below 1")
 	case r.TTL < limitd.MinTTL || r.TTL > limitd.MaxTTLCeiling:
 		return fmt.Errorf("TTL %v is outside %v..%v", r.TTL, limitd.MinTTL, limitd.MaxTTLCeiling)
-	case r.ExpiresAt.Before(r.AcquiredAt):
-		return errors.New("it expires before it was acquired")
-	case r.ExpiresAt.After(now.Add(limitd.MaxTTLCeiling + time.Minute)):
-		// No renew can push an expiry further than the longest TTL from
-		// now; such a lease would hold its slots practically for ever.
-		return fmt.Errorf("it expires at %v, further ahead than the longest TTL allows", r.ExpiresAt)
 	case !utf8.ValidString(r.Holder) || utf8.RuneCountInString(r.Holder) > limitd.MaxHolderLength:
 		return errors.New("holder is not valid UTF-8 of at most 256 characters")
 	case len(r.IdempotencyKey) > limitd.MaxIdempotencyKey:
 		return errors.New("idempotency key is too long")
 	}
 	return nil
+}
+
+// ClampExpiries bounds every lease to what a grant or renew made at or
+// before now could have written: an expiry at most its TTL after now. A
+// lease beyond that was written under a wall clock that has since been set
+// back (or on a host whose clock was ahead); kept as stored, it would hold
+// its slots for as long as the clock was off, which may be years. Clamping
+// never ends a lease early: its real remaining time is at most its TTL.
+//
+// It also moves an acquisition time that is after now, or after the
+// expiry, back to the earlier of the two, so that hold times stay positive;
+// that alone is not reported.
+//
+// It changes leases in place and returns the ones whose expiry it moved,
+// so that the caller can log them and write the new expiries back.
+func ClampExpiries(leases []slots.LeaseRecord, now time.Time) []slots.LeaseRecord {
+	now = now.Round(0).UTC()
+	var clamped []slots.LeaseRecord
+	for i := range leases {
+		l := &leases[i]
+		moved := false
+		if latest := now.Add(min(l.TTL, limitd.MaxTTLCeiling)); l.ExpiresAt.After(latest) {
+			l.ExpiresAt, moved = latest, true
+		}
+		if l.AcquiredAt.After(now) {
+			l.AcquiredAt = now
+		}
+		if l.AcquiredAt.After(l.ExpiresAt) {
+			l.AcquiredAt = l.ExpiresAt
+		}
+		if moved {
+			clamped = append(clamped, *l)
+		}
+	}
+	return clamped
 }

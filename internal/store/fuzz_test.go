@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/limitd/limitd"
 	"github.com/limitd/limitd/internal/slots"
@@ -13,12 +14,16 @@ import (
 )
 
 // FuzzLoad writes arbitrary rows behind the store's back and loads them.
-// Load must never panic, and whatever it accepts must be a state the API
-// could have produced — a hostile database gives an error, never a silently
-// wrong limit. The manager must then restore it without trouble.
+// Load must never panic, and whatever it accepts, once ClampExpiries has
+// bounded it to the clock as the daemon does, must be a state the API could
+// have produced — a hostile database gives an error, never a silently wrong
+// limit or a lease that holds its slots longer than its TTL. The manager
+// must then restore it without trouble.
 func FuzzLoad(f *testing.F) {
 	f.Add("api", int64(3), int64(0), "desc", "01JAAAAAAAAAAAAAAAAAAAAAAA", "api", int64(1), "h", int64(1), int64(0), int64(60e9), int64(60e9), "k", int64(1))
 	f.Add("bad name", int64(-1), int64(-5), "\xff", "nope", "", int64(0), "", int64(-1), int64(5), int64(1), int64(0), "", int64(-3))
+	// Acquired and expiring far ahead: written under a clock that was set back since.
+	f.Add("api", int64(2), int64(0), "", "01JAAAAAAAAAAAAAAAAAAAAAAB", "api", int64(2), "h", int64(7), int64(8e18), int64(8e18+60e9), int64(60e9), "", int64(7))
 	f.Add("a", int64(1000001), int64(86401e9), "", "01JAAAAAAAAAAAAAAAAAAAAAAA", "a", int64(9), "", int64(1<<62), int64(0), int64(1<<62), int64(1e9), "", int64(0))
 
 	template := filepath.Join(f.TempDir(), "template.db")
@@ -62,9 +67,12 @@ func FuzzLoad(f *testing.F) {
 				t.Fatalf("loaded invalid limit %+v", l)
 			}
 		}
+		now := time.Now()
+		store.ClampExpiries(st.Leases, now)
 		for _, l := range st.Leases {
-			if limitd.ValidateLeaseID(l.ID) != nil || l.Slots < 1 || l.Fence < 1 || l.TTL < limitd.MinTTL || l.ExpiresAt.Before(l.AcquiredAt) {
-				t.Fatalf("loaded invalid lease %+v", l)
+			if limitd.ValidateLeaseID(l.ID) != nil || l.Slots < 1 || l.Fence < 1 || l.TTL < limitd.MinTTL || l.TTL > limitd.MaxTTLCeiling ||
+				l.ExpiresAt.Before(l.AcquiredAt) || l.AcquiredAt.After(now) || l.ExpiresAt.After(now.Add(l.TTL)) {
+				t.Fatalf("loaded invalid lease %+v (now %v)", l, now)
 			}
 		}
 		m := slots.New(slots.Config{Journal: s})

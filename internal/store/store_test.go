@@ -207,9 +207,9 @@ func TestLoadRefusesHostileRows(t *testing.T) {
 		"BadLeaseID":        `INSERT INTO leases VALUES ('nope', 'a', 1, '', 1, 0, 1000000000, 1000000000, '')`,
 		"DuplicateFence": `INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA001', 'a', 1, '', 5, 0, 1000000000, 1000000000, '');
 			INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA002', 'a', 1, '', 5, 0, 1000000000, 1000000000, '')`,
-		"ExpiresBeforeAcquired": `INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA001', 'a', 1, '', 5, 2000000000, 1000000000, 1000000000, '')`,
-		"ExpiresInTheFarFuture": `INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA001', 'a', 1, '', 5, 0, 9000000000000000000, 1000000000, '')`,
-		"NegativeFenceCounter":  `INSERT INTO meta VALUES ('fence', -4)`,
+		"TTLBelowMinimum":      `INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA001', 'a', 1, '', 5, 0, 1000000000, 999999999, '')`,
+		"TTLAboveCeiling":      `INSERT INTO leases VALUES ('01JAAAAAAAAAAAAAAAAAAAA001', 'a', 1, '', 5, 0, 1000000000, 86400000000001, '')`,
+		"NegativeFenceCounter": `INSERT INTO meta VALUES ('fence', -4)`,
 	}
 	for name, stmt := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -252,5 +252,72 @@ func rawWrite(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A wall clock set back while limitd was down makes leases look as if they
+// expire further ahead than their TTL allows. That must not stop limitd
+// from starting (it used to refuse the whole database), nor keep the slots
+// for as long as the clock was off: such a lease is loaded and then bounded
+// to now plus its TTL.
+func TestLeaseAheadOfTheClockIsClampedNotRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "limitd.db")
+	s := mustOpen(t, path, store.Options{})
+	mustCommit(t, s, slots.Change{Kind: slots.ChangePutLimit, Limit: limitRec("a", 10)})
+	now := time.Now().UTC()
+	normal := leaseRec(1, "a", 1)
+	normal.AcquiredAt, normal.ExpiresAt, normal.TTL = now.Add(-time.Second), now.Add(time.Minute), 2*time.Minute
+	// Granted 48 h "from now" by a clock that was 48 h ahead.
+	ahead := leaseRec(2, "a", 2)
+	ahead.AcquiredAt, ahead.TTL = now.Add(48*time.Hour), time.Minute
+	ahead.ExpiresAt = ahead.AcquiredAt.Add(ahead.TTL)
+	// An expiry centuries ahead, its acquisition in the past.
+	far := leaseRec(3, "a", 3)
+	far.AcquiredAt, far.ExpiresAt, far.TTL = now.Add(-time.Hour), time.Unix(0, 9e18).UTC(), 5*time.Second
+	// Granted under a clock 1 h ahead, renewed after it was set right:
+	// it expires before it was acquired.
+	renewed := leaseRec(4, "a", 4)
+	renewed.AcquiredAt, renewed.ExpiresAt, renewed.TTL = now.Add(time.Hour), now.Add(30*time.Second), time.Minute
+	for _, l := range []slots.LeaseRecord{normal, ahead, far, renewed} {
+		mustCommit(t, s, slots.Change{Kind: slots.ChangeGrant, Lease: l, Fence: l.Fence})
+	}
+	s.Close()
+
+	s = mustOpen(t, path, store.Options{})
+	defer s.Close()
+	st, err := s.Load(context.Background())
+	if err != nil {
+		t.Fatalf("Load refused leases that only a clock set back explains: %v", err)
+	}
+	if len(st.Leases) != 4 {
+		t.Fatalf("loaded %d leases, want 4", len(st.Leases))
+	}
+	loadNow := time.Now()
+	clamped := store.ClampExpiries(st.Leases, loadNow)
+	if len(clamped) != 2 || clamped[0].ID != ahead.ID || clamped[1].ID != far.ID {
+		t.Fatalf("clamped %+v, want the two leases ahead of the clock", clamped)
+	}
+	got := map[string]slots.LeaseRecord{}
+	for _, l := range st.Leases {
+		got[l.ID] = l
+	}
+	if l := got[normal.ID]; !l.ExpiresAt.Equal(normal.ExpiresAt) || !l.AcquiredAt.Equal(normal.AcquiredAt) {
+		t.Errorf("a lease within its TTL was changed: %+v, want %+v", l, normal)
+	}
+	for _, want := range []slots.LeaseRecord{ahead, far} {
+		l := got[want.ID]
+		if !l.ExpiresAt.Equal(loadNow.Add(want.TTL)) {
+			t.Errorf("lease %s expires at %v, want now + its TTL %v = %v", l.ID, l.ExpiresAt, want.TTL, loadNow.Add(want.TTL))
+		}
+		if l.AcquiredAt.After(loadNow) || l.ExpiresAt.Before(l.AcquiredAt) {
+			t.Errorf("lease %s: acquired %v, expires %v: acquired after now or expiring before it", l.ID, l.AcquiredAt, l.ExpiresAt)
+		}
+		if l.TTL != want.TTL || l.Fence != want.Fence || l.Slots != want.Slots {
+			t.Errorf("clamping changed more than the times: %+v", l)
+		}
+	}
+	// Within its TTL, so its expiry stays; only its acquisition moves back.
+	if l := got[renewed.ID]; !l.ExpiresAt.Equal(renewed.ExpiresAt) || l.AcquiredAt.After(loadNow) || l.AcquiredAt.After(l.ExpiresAt) {
+		t.Errorf("lease renewed after the step: %+v, want its expiry %v kept and its acquisition not after now", l, renewed.ExpiresAt)
 	}
 }
