@@ -60,7 +60,11 @@ type Options struct {
 
 // Store is an open database plus its batching writer.
 type Store struct {
-	db    *sql.DB
+	db *sql.DB
+	// conn is the database's one connection, held for the store's life:
+	// the exclusive lock belongs to it, and the statements are prepared on
+	// it. Load and the committers use it; never two at once.
+	conn  *sql.Conn
 	opts  Options
 	stmts statements
 
@@ -129,8 +133,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: opening %s: %w", path, err)
 	}
-	// One connection: the writer is the only user after Load, and the
-	// exclusive lock belongs to a connection.
+	// One connection (Store.conn): the exclusive lock belongs to a
+	// connection.
 	db.SetMaxOpenConns(1)
 	db.SetMaxIdleConns(1)
 	db.SetConnMaxLifetime(0)
@@ -141,7 +145,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("store: opening %s: %w", path, describeOpenError(path, err))
 	}
-	if err := s.stmts.prepare(ctx, db); err != nil {
+	if s.conn, err = db.Conn(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: opening %s: %w", path, err)
+	}
+	if err := s.stmts.prepare(ctx, s.conn); err != nil {
+		s.conn.Close()
 		db.Close()
 		return nil, fmt.Errorf("store: opening %s: preparing statements: %w", path, err)
 	}
@@ -235,7 +244,7 @@ func (s *Store) applyMigration(ctx context.Context, version int, name, body stri
 // into a silently wrong limit.
 func (s *Store) Load(ctx context.Context) (State, error) {
 	var st State
-	rows, err := s.db.QueryContext(ctx, `SELECT name, capacity, default_ttl_ns, description, created_at_ns, updated_at_ns FROM limits ORDER BY name`)
+	rows, err := s.conn.QueryContext(ctx, `SELECT name, capacity, default_ttl_ns, description, created_at_ns, updated_at_ns FROM limits ORDER BY name`)
 	if err != nil {
 		return st, fmt.Errorf("store: loading limits: %w", err)
 	}
@@ -257,7 +266,7 @@ func (s *Store) Load(ctx context.Context) (State, error) {
 		return st, fmt.Errorf("store: loading limits: %w", err)
 	}
 
-	rows, err = s.db.QueryContext(ctx, `SELECT id, limit_name, slots, holder, fence, acquired_at_ns, expires_at_ns, ttl_ns, idempotency_key FROM leases ORDER BY fence`)
+	rows, err = s.conn.QueryContext(ctx, `SELECT id, limit_name, slots, holder, fence, acquired_at_ns, expires_at_ns, ttl_ns, idempotency_key FROM leases ORDER BY fence`)
 	if err != nil {
 		return st, fmt.Errorf("store: loading leases: %w", err)
 	}
@@ -290,7 +299,7 @@ func (s *Store) Load(ctx context.Context) (State, error) {
 	}
 
 	var fence sql.NullInt64
-	err = s.db.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'fence'`).Scan(&fence)
+	err = s.conn.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'fence'`).Scan(&fence)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return st, fmt.Errorf("store: loading the fence counter: %w", err)
 	}
@@ -373,6 +382,7 @@ func (s *Store) Close() error {
 	}
 	<-s.done
 	s.stmts.close()
+	s.conn.Close()
 	return s.db.Close()
 }
 
@@ -455,20 +465,27 @@ func (s *Store) commitBatch(retry []slots.Change, batch []pendingChange) {
 // apply writes one batch in one transaction.
 func (s *Store) apply(retry []slots.Change, batch []pendingChange) error {
 	ctx := context.Background()
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	if _, err := s.stmts.begin.ExecContext(ctx); err != nil {
+		return fmt.Errorf("beginning a transaction: %w", err)
+	}
+	if err := s.applyInTx(ctx, retry, batch); err != nil {
+		// A failed statement or COMMIT may leave the transaction open;
+		// when SQLite already rolled it back this fails, harmlessly.
+		_, _ = s.stmts.rollback.ExecContext(ctx)
 		return err
 	}
-	defer tx.Rollback()
-	st := s.stmts.in(ctx, tx)
+	return nil
+}
+
+func (s *Store) applyInTx(ctx context.Context, retry []slots.Change, batch []pendingChange) error {
 	var fence uint64
 	for _, c := range retry {
-		if err := st.apply(ctx, c); err != nil {
+		if err := s.stmts.apply(ctx, c); err != nil {
 			return err
 		}
 	}
 	for _, p := range batch {
-		if err := st.apply(ctx, p.change); err != nil {
+		if err := s.stmts.apply(ctx, p.change); err != nil {
 			return err
 		}
 		fence = max(fence, p.change.Fence)
@@ -476,11 +493,11 @@ func (s *Store) apply(retry []slots.Change, batch []pendingChange) error {
 	reserve := s.fenceReserved.Load()
 	if fence > reserve {
 		reserve = fence + fenceBlock
-		if _, err := st.saveFence.ExecContext(ctx, int64(reserve)); err != nil {
+		if _, err := s.stmts.saveFence.ExecContext(ctx, int64(reserve)); err != nil {
 			return fmt.Errorf("saving the fence counter: %w", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
 		return err
 	}
 	s.fenceReserved.Store(reserve)
