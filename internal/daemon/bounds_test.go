@@ -85,12 +85,24 @@ func TestWaitIsClampedToMaxWait(t *testing.T) {
 	srv := servertest.Start(t, t.TempDir(), func(c *daemon.Config) { c.MaxWait = 200 * time.Millisecond })
 	call(t, "PUT", srv.URL+"/v1/limits/c", `{"capacity": 0}`)
 	start := time.Now()
-	resp, data := call(t, "POST", srv.URL+"/v1/limits/c/acquire", `{"wait_seconds": 100000}`)
+	// The client gives up long before a wait of 100000 s would end, but
+	// far after the clamped 0.2 s (plus the 1 s the contract allows), so a
+	// broken clamp fails here rather than at the global test timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "POST", srv.URL+"/v1/limits/c/acquire", strings.NewReader(`{"wait_seconds": 100000}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("wait_seconds 100000 with a 0.2 s maximum: no answer: %v", err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	if resp.StatusCode != http.StatusLocked || problemCode(t, data) != limitd.CodeNoSlots {
 		t.Fatalf("clamped wait: %d %s", resp.StatusCode, data)
 	}
-	// Not a timing assertion on speed: a wait of 100000 s that was not
-	// clamped would simply never have returned within the test's timeout.
 	t.Logf("answered after %v", time.Since(start))
 	resp, data = call(t, "POST", srv.URL+"/v1/limits/c/acquire", `{"ttl_seconds": 86401}`)
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(data), "ttl_seconds") {
@@ -112,35 +124,121 @@ func startHTTP(t *testing.T, cfg daemon.HTTPConfig) (*servertest.Server, string)
 	return srv, hs.URL
 }
 
-// A client that sends its headers byte by byte is cut off, while a
-// legitimate long-poll that outlasts the read timeout is not.
+// A client that sends its headers slowly (slowloris), or its headers and
+// then its body slowly, is cut off at the timeouts, while a legitimate
+// long-poll that outlasts the read timeout is not.
 func TestSlowClientsAreCutButLongPollsAreNot(t *testing.T) {
 	_, url := startHTTP(t, daemon.HTTPConfig{ReadHeaderTimeout: 200 * time.Millisecond, ReadTimeout: 300 * time.Millisecond, IdleTimeout: time.Second})
+	addr := strings.TrimPrefix(url, "http://")
 	call(t, "PUT", url+"/v1/limits/slow", `{"capacity": 0}`)
 
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	fmt.Fprint(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n") // and never the final CRLF
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	n, err := conn.Read(make([]byte, 1024))
-	if err == nil && n > 0 {
-		// net/http may answer 408 before closing; either way the
-		// connection must end rather than wait for the client.
-		if _, err := conn.Read(make([]byte, 1024)); !errors.Is(err, io.EOF) {
-			t.Fatalf("slow client's connection still open: %v", err)
+	// The long-poll runs while the slow clients are being cut, so the
+	// cuts are seen not to hit it.
+	longPoll := make(chan int, 1)
+	go func() {
+		resp, err := http.Post(url+"/v1/limits/slow/acquire", "application/json", strings.NewReader(`{"wait_seconds": 1}`))
+		if err != nil {
+			longPoll <- 0
+			return
 		}
-	} else if !errors.Is(err, io.EOF) && !isReset(err) {
-		t.Fatalf("slow client: %v, want the server to close the connection", err)
-	}
+		resp.Body.Close()
+		longPoll <- resp.StatusCode
+	}()
 
-	// A long-poll of 1 s, three times the read timeout, gets its 423.
-	resp, data := call(t, "POST", url+"/v1/limits/slow/acquire", `{"wait_seconds": 1}`)
-	if resp.StatusCode != http.StatusLocked {
-		t.Fatalf("long-poll past the read timeout: %d %s", resp.StatusCode, data)
+	t.Run("SlowHeaders", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprint(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n") // and never the final CRLF
+		answer, err := readUntilClosed(conn)
+		t.Logf("slow headers: answered %q, then %v", firstLine(answer), err)
+		if err != nil {
+			t.Fatalf("slow client: %v, want the server to close the connection", err)
+		}
+	})
+
+	t.Run("SlowBody", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// Prompt headers announce a body that would take 80 s to trickle
+		// in; only the read timeout can end it sooner.
+		const bodyLen = 4096
+		fmt.Fprintf(conn, "POST /v1/limits/slow/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{", bodyLen)
+		stop := make(chan struct{})
+		trickled := make(chan int, 1)
+		go func() {
+			n := 1
+			defer func() { trickled <- n }()
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for n < bodyLen {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				if _, err := conn.Write([]byte(" ")); err != nil {
+					return
+				}
+				n++
+			}
+		}()
+		answer, err := readUntilClosed(conn)
+		close(stop)
+		sent := <-trickled
+		_, detail, _ := strings.Cut(answer, "\r\n\r\n")
+		t.Logf("slow body: answered %q %s after %d of %d body bytes, then %v", firstLine(answer), detail, sent, bodyLen, err)
+		if err != nil {
+			t.Fatalf("slow body: %v, want the server to close the connection", err)
+		}
+		if sent >= bodyLen {
+			t.Fatal("the server read the whole trickled body: the read timeout did not cut it")
+		}
+		if answer != "" && !strings.HasPrefix(answer, "HTTP/1.1 4") {
+			t.Fatalf("slow body answered %q, want a 4xx or no answer", firstLine(answer))
+		}
+	})
+
+	// The long-poll of 1 s, three times the read timeout, gets its 423.
+	select {
+	case status := <-longPoll:
+		if status != http.StatusLocked {
+			t.Fatalf("long-poll past the read timeout: status %d, want 423", status)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("long-poll of 1 s not answered within 10 s")
 	}
+}
+
+// readUntilClosed reads what the server sends until it closes the
+// connection. It returns an error only if the connection is still open
+// after 10 s: a server that waits on a slow client, rather than cutting it.
+func readUntilClosed(conn net.Conn) (string, error) {
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		got = append(got, buf[:n]...)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, io.EOF) || isReset(err):
+			return string(got), nil
+		default:
+			return string(got), fmt.Errorf("connection still open after 10 s (%w)", err)
+		}
+	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\r\n")
+	return line
 }
 
 func isReset(err error) bool {
