@@ -1,8 +1,12 @@
 package daemon
 
 import (
+	"errors"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +25,10 @@ type commitLog struct {
 	log      *slog.Logger
 	interval time.Duration
 	now      func() time.Time
+	// probe says in words what is wrong with the storage, or "" if it
+	// finds nothing: SQLite reports a read-only file system only as "disk
+	// I/O error".
+	probe func() string
 
 	// The store commits one batch at a time, but on whichever goroutine
 	// commits it; the mutex keeps this correct whatever the store does.
@@ -32,8 +40,8 @@ type commitLog struct {
 	suppressed int // failed commits not logged since the last line
 }
 
-func newCommitLog(log *slog.Logger, interval time.Duration, now func() time.Time) *commitLog {
-	return &commitLog{log: log, interval: interval, now: now}
+func newCommitLog(log *slog.Logger, interval time.Duration, now func() time.Time, probe func() string) *commitLog {
+	return &commitLog{log: log, interval: interval, now: now, probe: probe}
 }
 
 // observe is called after every commit with its size and error.
@@ -57,7 +65,35 @@ func (c *commitLog) observe(changes int, err error) {
 		c.suppressed++
 		return
 	}
-	c.log.Error("database commit failed: acquires and renewals are answered 503 store_unavailable, releases are retried",
-		"err", err, "changes", changes, "failed_commits", c.failures, "suppressed", c.suppressed)
+	attrs := []any{"err", err, "changes", changes, "failed_commits", c.failures, "suppressed", c.suppressed}
+	if cause := c.probe(); cause != "" {
+		attrs = append(attrs, "cause", cause)
+	}
+	c.log.Error("database commit failed: acquires and renewals are answered 503 store_unavailable, releases are retried", attrs...)
 	c.lastLine, c.suppressed = now, 0
+}
+
+// probeDir tries what a commit does, writing a file in dir, and describes
+// what stops it. It runs only when a failure is logged, at most once per
+// interval, so its file is no burden.
+func probeDir(dir string) string {
+	f, err := os.CreateTemp(dir, ".limitd-probe-*")
+	if err == nil {
+		_, err = f.Write([]byte{0})
+		f.Close()
+		os.Remove(f.Name())
+	}
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, syscall.EROFS):
+		return "the file system of " + dir + " is read-only"
+	case errors.Is(err, syscall.ENOSPC):
+		return "the file system of " + dir + " is full"
+	case errors.Is(err, syscall.EDQUOT):
+		return "the disk quota on " + dir + " is exceeded"
+	case errors.Is(err, fs.ErrPermission):
+		return "limitd may not write in " + dir
+	}
+	return "writing a file in " + dir + " fails too: " + err.Error()
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -71,7 +72,8 @@ func Open(ctx context.Context, cfg Config) (*Daemon, error) {
 	// scrape can come before Open returns.
 	var mgr *slots.Manager
 	met := metrics.New(reg, metrics.StatsFunc(func() []slots.LimitStats { return mgr.Stats() }))
-	commits := newCommitLog(log, commitLogInterval, time.Now)
+	dbDir := filepath.Dir(cfg.DB)
+	commits := newCommitLog(log, commitLogInterval, time.Now, func() string { return probeDir(dbDir) })
 	st, err := store.Open(ctx, cfg.DB, store.Options{Synchronous: cfg.Sync, OnCommit: func(changes int, took time.Duration, err error) {
 		met.ObserveCommit(changes, took, err)
 		commits.observe(changes, err)

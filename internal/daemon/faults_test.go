@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -113,8 +114,9 @@ func TestDiskFullAnswers503AndRecovers(t *testing.T) {
 	if len(failed) == 0 {
 		t.Fatal("no error logged for the failed commit")
 	}
-	if f := failed[0]; f["level"] != "ERROR" || !strings.Contains(f["err"].(string), "disk is full") || f["changes"] == nil {
-		t.Fatalf("failed commit logged as %v, want level ERROR with the error and the batch size", f)
+	if f := failed[0]; f["level"] != "ERROR" || !strings.Contains(f["err"].(string), "disk is full") || f["changes"] == nil ||
+		!strings.Contains(fmt.Sprint(f["cause"]), "is full") {
+		t.Fatalf("failed commit logged as %v, want level ERROR with the error, the batch size and the cause", f)
 	}
 	t.Logf("log: %v", failed[0])
 
@@ -146,4 +148,154 @@ func TestReadOnlyDatabaseIsRefusedAtStart(t *testing.T) {
 		t.Fatalf("error %q does not say the database is read-only", err)
 	}
 	t.Log(err)
+}
+
+// ext4Disk is an ext4 file system on a loop device, mounted with
+// errors=remount-ro, whose kernel can be made to remount it read-only while
+// files are open on it.
+//
+// That is how a file system turns read-only under a running limitd in
+// practice. `mount -o remount,ro` is refused (EBUSY) while any file on it
+// is open for writing, as the database is, so a tmpfs cannot be remounted
+// read-only under the server; an ext4 error can, and it is sticky: only an
+// unmount clears it.
+type ext4Disk struct {
+	t       *testing.T
+	img     string
+	dir     string
+	trigger string
+}
+
+// newExt4Disk makes and mounts the file system. It skips where loop
+// devices, ext4 or error injection are not available.
+func newExt4Disk(t *testing.T) *ext4Disk {
+	t.Helper()
+	d := &ext4Disk{t: t, img: filepath.Join(t.TempDir(), "disk.img"), dir: t.TempDir()}
+	if err := os.WriteFile(d.img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(d.img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", d.img).CombinedOutput(); err != nil {
+		t.Skipf("cannot make an ext4 file system (%v: %s); the read-only-while-serving case needs one", err, out)
+	}
+	if err := d.mount(); err != nil {
+		t.Skipf("cannot mount a loop device here (%v); the read-only-while-serving case needs one", err)
+	}
+	if _, err := os.Stat(d.trigger); err != nil {
+		t.Skipf("this kernel cannot inject an ext4 error: %v", err)
+	}
+	return d
+}
+
+func (d *ext4Disk) mount() error {
+	if out, err := exec.Command("mount", "-o", "loop,errors=remount-ro", d.img, d.dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	d.t.Cleanup(func() { exec.Command("umount", "-l", d.dir).Run() })
+	out, err := exec.Command("findmnt", "-n", "-o", "SOURCE", d.dir).Output()
+	if err != nil {
+		return fmt.Errorf("finding the loop device of %s: %v", d.dir, err)
+	}
+	d.trigger = filepath.Join("/sys/fs/ext4", filepath.Base(strings.TrimSpace(string(out))), "trigger_fs_error")
+	return nil
+}
+
+// makeReadOnly injects an ext4 error and waits until the kernel refuses
+// writes with EROFS. (The mount still lists "rw": newer kernels mark it
+// "emergency_ro" instead.)
+func (d *ext4Disk) makeReadOnly() {
+	d.t.Helper()
+	if err := os.WriteFile(d.trigger, []byte("limitd test: read-only while serving"), 0o200); err != nil {
+		d.t.Fatalf("injecting the ext4 error: %v", err)
+	}
+	waitUntil(d.t, func() bool {
+		return errors.Is(os.WriteFile(filepath.Join(d.dir, "probe"), []byte("x"), 0o600), syscall.EROFS)
+	})
+}
+
+// repair is what an operator does: unmount, check, mount again.
+func (d *ext4Disk) repair() {
+	d.t.Helper()
+	if out, err := exec.Command("umount", d.dir).CombinedOutput(); err != nil {
+		d.t.Fatalf("umount: %v %s", err, out)
+	}
+	// e2fsck exits 1 when it fixed something, which is expected here.
+	if out, err := exec.Command("e2fsck", "-f", "-y", d.img).CombinedOutput(); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() > 1 {
+			d.t.Fatalf("e2fsck: %v %s", err, out)
+		}
+	}
+	if err := d.mount(); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// When the database's file system turns read-only under a running server,
+// acquires and renewals are answered 503 store_unavailable (no slot is
+// kept for a grant that is not durable), reads go on, and the log says
+// why. The kernel keeps such a file system read-only until it is unmounted,
+// so recovery takes a restart, after which every durable lease is there.
+func TestReadOnlyWhileServingAnswers503AndKeepsNoSlot(t *testing.T) {
+	disk := newExt4Disk(t)
+	var out jsonLog
+	// --sync full: with normal, SQLite does not fsync the WAL at commit,
+	// and the ext4 error drops the dirty pages as a power loss would (tried:
+	// after the repair the limit and its lease were gone). Acknowledged
+	// leases surviving that is what full is for.
+	srv := servertest.Start(t, disk.dir, func(c *daemon.Config) {
+		c.Logger = out.logger()
+		c.Sync = "full"
+	})
+	if resp, data := call(t, "PUT", srv.URL+"/v1/limits/ro", `{"capacity": 3}`); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", resp.StatusCode, data)
+	}
+	resp, data := call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"ttl_seconds": 600}`)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("acquire before the fault: %d %s", resp.StatusCode, data)
+	}
+	var held limitd.Lease
+	if err := json.Unmarshal(data, &held); err != nil {
+		t.Fatal(err)
+	}
+
+	disk.makeReadOnly()
+
+	resp, data = call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"wait_seconds": 0}`)
+	if resp.StatusCode != http.StatusServiceUnavailable || problemCode(t, data) != limitd.CodeStoreUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("acquire on a read-only file system: %d %s Retry-After=%q", resp.StatusCode, data, resp.Header.Get("Retry-After"))
+	}
+	t.Logf("acquire answered: %d %s", resp.StatusCode, data)
+	if got := inUse(t, srv.URL, "ro"); got != 1 {
+		t.Fatalf("in_use = %d, want 1 (the lease held before the fault): the refused grant kept a slot", got)
+	}
+	resp, data = call(t, "POST", srv.URL+"/v1/leases/"+held.ID+"/renew", "")
+	if resp.StatusCode != http.StatusServiceUnavailable || problemCode(t, data) != limitd.CodeStoreUnavailable {
+		t.Fatalf("renew on a read-only file system: %d %s", resp.StatusCode, data)
+	}
+	t.Logf("renew answered: %d %s", resp.StatusCode, data)
+	if resp, data := call(t, "GET", srv.URL+"/v1/leases/"+held.ID, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("reading a lease on a read-only file system: %d %s", resp.StatusCode, data)
+	}
+	// SQLite says only "disk I/O error": the log must say why.
+	failed := out.lines(t, commitFailedMsg)
+	if len(failed) == 0 || failed[0]["level"] != "ERROR" || !strings.Contains(fmt.Sprint(failed[0]["cause"]), "read-only") {
+		t.Fatalf("the failed commit was not logged at error with its cause: %v", failed)
+	}
+	t.Logf("log: %v", failed[0])
+
+	srv.Close()
+	disk.repair()
+	srv = servertest.Start(t, disk.dir, func(c *daemon.Config) { c.Sync = "full" })
+	if resp, data := call(t, "GET", srv.URL+"/v1/leases/"+held.ID, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the lease granted before the fault, after the repair and restart: %d %s", resp.StatusCode, data)
+	}
+	if resp, data := call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"wait_seconds": 0}`); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("acquire after the repair and restart: %d %s", resp.StatusCode, data)
+	}
+	if got := inUse(t, srv.URL, "ro"); got != 2 {
+		t.Fatalf("in_use = %d after the restart, want 2: the lease from before the fault and the new one", got)
+	}
 }
