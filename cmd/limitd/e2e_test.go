@@ -623,3 +623,33 @@ func TestBadFlagValueExitsNonZeroNamingTheFlag(t *testing.T) {
 		})
 	}
 }
+
+// ---- storage faults ------------------------------------------------------------
+
+// A second limitd on a database that a running one holds must not start:
+// two servers on one file would each hand out the full capacity. It exits
+// non-zero and says the database is locked by another process, and the
+// first one goes on serving, writes included.
+func TestSecondServerOnALockedDatabaseExitsNonZero(t *testing.T) {
+	bin := e2eBuild(t)
+	dir := t.TempDir()
+	first := e2eStart(t, bin, nil, e2eArgs(dir)...)
+	first.do("PUT", "/v1/limits/locked", `{"capacity": 1}`, http.StatusCreated, nil)
+
+	second := e2eLaunch(t, bin, nil, e2eArgs(dir)...)
+	code := second.wait(30 * time.Second)
+	out := second.stderr.String()
+	t.Logf("second limitd: exit %d:\n%s", code, out)
+	if code == 0 {
+		t.Fatal("a second limitd on a locked database exited 0")
+	}
+	if !strings.Contains(out, "locked by another process") {
+		t.Fatal("the second limitd's message does not say the database is locked by another process")
+	}
+	if strings.Contains(out, "limitd ready") {
+		t.Fatal("the second limitd said it was ready")
+	}
+	var l limitd.Lease
+	first.do("POST", "/v1/limits/locked/acquire", "", http.StatusCreated, &l)
+	first.do("DELETE", "/v1/leases/"+l.ID, "", http.StatusNoContent, nil)
+}
