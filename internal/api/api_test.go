@@ -451,14 +451,9 @@ func TestAcquireTimesOutWith423WithinWaitSecondsPlusOne(t *testing.T) {
 }
 
 // Waits longer than the server's maximum are clamped to it, however long:
-// a long-poll never turns into a try-once.
-//
-// BUG (internal/api/server.go, acquire: p.Wait = min(limitd.Duration(w),
-// s.maxWait); limitd.go, Duration): from about 9.2e9 seconds on,
-// Duration's conversion overflows int64 nanoseconds into a value of 0 or
-// below before the clamp, so wait_seconds 1e10 or 1e308 answers 423 at once
-// instead of waiting the maximum. Clamping the seconds before converting
-// (or a saturating Duration) fixes it.
+// a long-poll never turns into a try-once. (From about 9.2e9 seconds on, a
+// conversion to time.Duration that does not saturate overflows to 0 or
+// below before the clamp.)
 func TestWaitLongerThanServerMaximumIsClamped(t *testing.T) {
 	h := newHarness(t, func(c *daemon.Config) { c.MaxWait = 300 * time.Millisecond })
 	h.putLimit("busy", 1)
@@ -715,17 +710,8 @@ func TestConcurrentIdempotentCopiesTakeOneLease(t *testing.T) {
 // A client whose connection dropped retries with the same Idempotency-Key
 // while the server is still committing the first request's grant. Whatever
 // the interleaving, a lease the retry is answered with must be live: a
-// client that is told it holds a slot goes on to use it.
-//
-// BUG (internal/slots/manager.go, Acquire's replay branch and answerGrant):
-// the replay waits on the first grant's commit with replayed=true, while the
-// first request, whose context ends before that commit, gives the lease back
-// (answerGrant: endLeaseLocked). The commit then succeeds, so the replay
-// answers 200 with a lease that was already released: its client works
-// without a slot while another client may be granted it. The replay should
-// take the lease over (the first request then must not release it), or at
-// least check after the commit, under the lock, that the lease is still
-// live and otherwise acquire anew.
+// client that is told it holds a slot goes on to use it, so the first
+// request must not give the lease back while the retry may still deliver it.
 func TestReplayRacingTheOriginalsDisconnectNeverReturnsADeadLease(t *testing.T) {
 	h := newHarness(t)
 	h.putLimit("retry", 1000)
@@ -777,7 +763,7 @@ func TestReplayRacingTheOriginalsDisconnectNeverReturnsADeadLease(t *testing.T) 
 		if o.Status == http.StatusOK || o.Status == http.StatusCreated {
 			l := leaseOf(t, o.reply)
 			if r := h.do("GET", "/v1/leases/"+l.ID, ""); r.Status != http.StatusOK {
-				t.Fatalf("BUG: iteration %d: the retry was answered %d with lease %s, but that lease is not live: %d %s",
+				t.Fatalf("iteration %d: the retry was answered %d with lease %s, but that lease is not live: %d %s",
 					i, o.Status, l.ID, r.Status, r.Body)
 			}
 			if firstGot == nil || firstGot.ID != l.ID {

@@ -6,6 +6,7 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,10 @@ var fuzzRoutes = []struct{ method, path string }{
 // FuzzHandlers sends arbitrary paths, bodies and Idempotency-Keys to every
 // handler. Whatever arrives, the answer is never a 500 or a panic, every
 // error is a well-formed problem+json with a known code, and no limit ever
-// holds more slots than its capacity allowed when they were granted.
+// holds more slots than its capacity allowed when they were granted: each
+// grant is checked against its limit before it is given back, and after
+// each input the limit it named holds nothing (every grant was given back)
+// and has no waiter left.
 func FuzzHandlers(f *testing.F) {
 	seeds := []struct {
 		route int
@@ -93,12 +97,50 @@ func FuzzHandlers(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		checkResponse(t, r.method, path, rec)
-		// Keep the state small: give back whatever was granted.
+		// Keep the state small: give back whatever was granted. No other
+		// lease is live, so the grant alone must fit in the capacity,
+		// which no other input can have lowered since.
 		if rec.Code == http.StatusCreated && strings.HasPrefix(rec.Header().Get("Location"), "/v1/leases/") {
+			var l limitd.Lease
+			if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+				t.Fatalf("%s %s: granted lease does not parse: %v: %s", r.method, path, err, rec.Body)
+			}
+			if lim, ok := fuzzLimit(t, h, url.PathEscape(l.Limit)); !ok || lim.InUse > lim.Capacity || lim.InUse != l.Slots {
+				t.Fatalf("%s %s: granted %d slots of %+v (found: %v)", r.method, path, l.Slots, lim, ok)
+			}
 			del, _ := http.NewRequest("DELETE", "http://limitd"+rec.Header().Get("Location"), nil)
-			h.ServeHTTP(httptest.NewRecorder(), del)
+			dr := httptest.NewRecorder()
+			h.ServeHTTP(dr, del)
+			if dr.Code != http.StatusNoContent {
+				t.Fatalf("giving back %s: %d %s", l.ID, dr.Code, dr.Body)
+			}
+		}
+		if strings.HasPrefix(r.path, "/v1/limits/%s") {
+			if lim, ok := fuzzLimit(t, h, seg); ok && (lim.InUse != 0 || lim.Waiting != 0 || lim.InUse > lim.Capacity) {
+				t.Fatalf("after %s %s: limit %+v holds slots or waiters although every grant was given back", r.method, path, lim)
+			}
 		}
 	})
+}
+
+// fuzzLimit reads a limit through the API; ok is false when the request
+// does not name one that exists.
+func fuzzLimit(t *testing.T, h http.Handler, seg string) (limitd.Limit, bool) {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://limitd/v1/limits/"+seg, nil)
+	if err != nil {
+		return limitd.Limit{}, false
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		return limitd.Limit{}, false
+	}
+	var l limitd.Limit
+	if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+		t.Fatalf("GET /v1/limits/%s: %v: %s", seg, err, rec.Body)
+	}
+	return l, true
 }
 
 func checkResponse(t *testing.T, method, path string, rec *httptest.ResponseRecorder) {
