@@ -260,8 +260,24 @@ func TestReadOnlyWhileServingAnswers503AndKeepsNoSlot(t *testing.T) {
 	if err := json.Unmarshal(data, &held); err != nil {
 		t.Fatal(err)
 	}
+	resp, data = call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"ttl_seconds": 600}`)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("acquire before the fault: %d %s", resp.StatusCode, data)
+	}
+	var released limitd.Lease
+	if err := json.Unmarshal(data, &released); err != nil {
+		t.Fatal(err)
+	}
 
 	disk.makeReadOnly()
+
+	// A release frees the slot at once (the deletion is retried until it
+	// is durable) but is answered 503 too: it is not durable yet.
+	resp, data = call(t, "DELETE", srv.URL+"/v1/leases/"+released.ID, "")
+	if resp.StatusCode != http.StatusServiceUnavailable || problemCode(t, data) != limitd.CodeStoreUnavailable {
+		t.Fatalf("release on a read-only file system: %d %s", resp.StatusCode, data)
+	}
+	t.Logf("release answered: %d %s", resp.StatusCode, data)
 
 	resp, data = call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"wait_seconds": 0}`)
 	if resp.StatusCode != http.StatusServiceUnavailable || problemCode(t, data) != limitd.CodeStoreUnavailable || resp.Header.Get("Retry-After") == "" {
@@ -295,7 +311,9 @@ func TestReadOnlyWhileServingAnswers503AndKeepsNoSlot(t *testing.T) {
 	if resp, data := call(t, "POST", srv.URL+"/v1/limits/ro/acquire", `{"wait_seconds": 0}`); resp.StatusCode != http.StatusCreated {
 		t.Fatalf("acquire after the repair and restart: %d %s", resp.StatusCode, data)
 	}
-	if got := inUse(t, srv.URL, "ro"); got != 2 {
-		t.Fatalf("in_use = %d after the restart, want 2: the lease from before the fault and the new one", got)
+	// The release that was never durable is back until its TTL passes:
+	// its client was told 503, not 204.
+	if got := inUse(t, srv.URL, "ro"); got != 3 {
+		t.Fatalf("in_use = %d after the restart, want 3: the held lease, the one whose release was not durable, and the new one", got)
 	}
 }
