@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -20,6 +21,8 @@ type requestInfo struct {
 	id        string
 	limit     string
 	principal string
+	// ready is the serving server's readiness, for CheckReady.
+	ready *atomic.Bool
 }
 
 func info(ctx context.Context) *requestInfo {
@@ -57,7 +60,7 @@ func (s *Server) requestID(next http.Handler) http.Handler {
 			id = ulid.Make().String()
 		}
 		w.Header().Set("X-Request-Id", id)
-		ctx := context.WithValue(r.Context(), ctxRequestID, &requestInfo{id: id})
+		ctx := context.WithValue(r.Context(), ctxRequestID, &requestInfo{id: id, ready: &s.ready})
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }

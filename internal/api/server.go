@@ -8,7 +8,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -148,7 +147,7 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) whenReady(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
-			writeProblem(w, r, &limitd.Error{Code: limitd.CodeStarting, Message: "limitd is still loading its state", RetryAfter: 1})
+			writeProblem(w, r, errStarting())
 			return
 		}
 		next(w, r)
@@ -166,7 +165,7 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	case s.draining.Load():
 		writeProblem(w, r, &limitd.Error{Code: limitd.CodeShuttingDown, Message: "limitd is shutting down", RetryAfter: 1})
 	case !s.ready.Load():
-		writeProblem(w, r, &limitd.Error{Code: limitd.CodeStarting, Message: "limitd is still loading its state", RetryAfter: 1})
+		writeProblem(w, r, errStarting())
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
@@ -416,26 +415,16 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 // nameParam returns the {name} path parameter, unescaped and validated, so
 // a percent-encoded "/" or any other bad name is a 400 on every route.
 func nameParam(r *http.Request) (string, error) {
-	raw := chi.URLParam(r, "name")
-	name, err := url.PathUnescape(raw)
+	name, err := ParseLimitName(chi.URLParam(r, "name"))
 	if err != nil {
-		return "", limitd.Errorf(limitd.CodeInvalidRequest, "name %q is not a valid path segment: a limit name is %s", raw, limitd.NameRule)
-	}
-	return name, limitd.ValidateName(name)
-}
-
-func leaseParam(r *http.Request) (string, error) {
-	raw := chi.URLParam(r, "id")
-	id, err := url.PathUnescape(raw)
-	if err != nil {
-		return "", limitd.Errorf(limitd.CodeInvalidRequest, "lease id %q is not a valid path segment", raw)
-	}
-	if err := limitd.ValidateLeaseID(id); err != nil {
 		return "", err
 	}
-	// ULIDs are case-insensitive; leases are keyed by the canonical
-	// upper-case form that grants hand out.
-	return strings.ToUpper(id), nil
+	return name, nil
+}
+
+// leaseParam returns the {id} path parameter in its canonical form.
+func leaseParam(r *http.Request) (string, error) {
+	return ParseLeaseID(chi.URLParam(r, "id"))
 }
 
 // ---- context values shared with middleware -----------------------------------

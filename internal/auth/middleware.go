@@ -1,8 +1,8 @@
 package auth
 
 import (
+	"errors"
 	"net/http"
-	"net/url"
 	"strings"
 
 	"github.com/limitd/limitd"
@@ -30,7 +30,12 @@ type LeaseLimitFunc func(id string) (string, error)
 //     reaches the handler, which answers the API's 400.
 //   - /v1/leases/{id}... needs a pattern that covers the lease's limit. A
 //     lease the token cannot see is answered 404, exactly like a lease that
-//     does not exist, so one team cannot probe for another's leases.
+//     does not exist, so one team cannot probe for another's leases. The id
+//     is looked up in the canonical form the handler uses (api.ParseLeaseID)
+//     and a lease the lookup does not find is answered 404 here, never
+//     passed on: whatever the handler would find, the check did not cover.
+//     Until the state is loaded the answer is the API's 503 starting, since
+//     every lease would look missing.
 //   - GET /v1/limits lists only the limits the pattern covers.
 //
 // The token's NAME is recorded with api.SetPrincipal for the request log and
@@ -65,19 +70,30 @@ func Middleware(k *Keyring, leaseLimit LeaseLimitFunc) func(http.Handler) http.H
 				r = r.WithContext(api.WithVisibleFilter(r.Context(), tok.Pattern.Match))
 			}
 			if raw, ok := params["name"]; ok {
-				if name, valid := limitName(raw); valid && !tok.Pattern.Match(name) {
+				if name, err := api.ParseLimitName(raw); err == nil && !tok.Pattern.Match(name) {
 					api.WriteProblem(w, r, limitd.Errorf(limitd.CodeForbidden,
 						"token %q (pattern %s) does not cover limit %q", tok.Name, tok.Pattern, name))
 					return
 				}
 			}
 			if raw, ok := params["id"]; ok {
-				if id, valid := leaseID(raw); valid {
+				// A malformed id goes on to the handler's 400.
+				if id, err := api.ParseLeaseID(raw); err == nil {
+					// Readiness first: once it is seen, the state is
+					// loaded before the lookup below reads it.
+					if e := api.CheckReady(r); e != nil {
+						api.WriteProblem(w, r, e)
+						return
+					}
 					// A lease's limit never changes and ids are never
 					// reused, so this answer cannot go stale before the
-					// handler runs. An unknown lease goes on to the
-					// handler's 404.
-					if limit, err := leaseLimit(id); err == nil && !tok.Pattern.Match(limit) {
+					// handler runs.
+					limit, err := leaseLimit(id)
+					if err != nil {
+						api.WriteProblem(w, r, lookupProblem(id, err))
+						return
+					}
+					if !tok.Pattern.Match(limit) {
 						api.WriteProblem(w, r, errLeaseNotFound(id))
 						return
 					}
@@ -86,6 +102,18 @@ func Middleware(k *Keyring, leaseLimit LeaseLimitFunc) func(http.Handler) http.H
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// lookupProblem is the answer to a lease lookup that failed.
+func lookupProblem(id string, err error) *limitd.Error {
+	var e *limitd.Error
+	switch {
+	case !errors.As(err, &e):
+		return limitd.Errorf(limitd.CodeInternal, "internal error")
+	case e.Code == limitd.CodeLeaseNotFound:
+		return errLeaseNotFound(id)
+	}
+	return e
 }
 
 // errLeaseNotFound must read exactly as the slot manager's, so that a hidden
@@ -151,24 +179,4 @@ func wellFormed(token string) bool {
 		}
 	}
 	return true
-}
-
-// limitName decodes a {name} parameter as the handlers do; valid is false
-// when the handler will answer 400.
-func limitName(raw string) (name string, valid bool) {
-	name, err := url.PathUnescape(raw)
-	if err != nil || limitd.ValidateName(name) != nil {
-		return "", false
-	}
-	return name, true
-}
-
-// leaseID decodes an {id} parameter as the handlers do; valid is false when
-// the handler will answer 400.
-func leaseID(raw string) (id string, valid bool) {
-	id, err := url.PathUnescape(raw)
-	if err != nil || limitd.ValidateLeaseID(id) != nil {
-		return "", false
-	}
-	return id, true
 }

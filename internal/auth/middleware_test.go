@@ -83,16 +83,27 @@ type response struct {
 // included); token "" sends no Authorization header.
 func (s *authServer) do(t *testing.T, method, path, token, body string) response {
 	t.Helper()
-	return s.doHeader(t, method, path, body, func(h http.Header) {
-		if token != "" {
-			h.Set("Authorization", "Bearer "+token)
-		}
-	})
+	return s.doHeader(t, method, path, body, bearer(token))
 }
 
 func (s *authServer) doHeader(t *testing.T, method, path, body string, setHeader func(http.Header)) response {
 	t.Helper()
-	req, err := http.NewRequest(method, s.URL+path, strings.NewReader(body))
+	return send(t, s.URL, method, path, body, setHeader)
+}
+
+// bearer sends token, or no Authorization header when it is "".
+func bearer(token string) func(http.Header) {
+	return func(h http.Header) {
+		if token != "" {
+			h.Set("Authorization", "Bearer "+token)
+		}
+	}
+}
+
+// send is doHeader for any server at base.
+func send(t *testing.T, base, method, path, body string, setHeader func(http.Header)) response {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,19 +369,30 @@ func TestOtherTeamsLeasesLookMissing(t *testing.T) {
 	lease := s.acquire(t, "team-b:x", tokWorkerB)
 	const missing = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
 
-	for _, tc := range []struct{ method, suffix string }{
-		{"GET", ""}, {"POST", "/renew"}, {"DELETE", ""},
+	// ULIDs are case-insensitive and the handlers accept any case, so the
+	// check must hide the lease in every case too.
+	for _, spelling := range []struct {
+		name  string
+		apply func(string) string
+	}{
+		{"AsIssued", func(id string) string { return id }},
+		{"LowerCase", strings.ToLower},
+		{"MixedCase", mixedCase},
 	} {
-		t.Run(tc.method+tc.suffix, func(t *testing.T) {
-			foreign := s.do(t, tc.method, "/v1/leases/"+lease.ID+tc.suffix, tokWorkerA, "")
-			expect(t, foreign, http.StatusNotFound, limitd.CodeLeaseNotFound)
-			absent := s.do(t, tc.method, "/v1/leases/"+missing+tc.suffix, tokWorkerA, "")
-			expect(t, absent, http.StatusNotFound, limitd.CodeLeaseNotFound)
-			if strings.ReplaceAll(foreign.problem.Detail, lease.ID, missing) != absent.problem.Detail ||
-				foreign.problem.Title != absent.problem.Title || foreign.problem.Type != absent.problem.Type {
-				t.Fatalf("a hidden lease can be told from a missing one:\n%+v\n%+v", foreign.problem, absent.problem)
-			}
-		})
+		for _, tc := range []struct{ method, suffix string }{
+			{"GET", ""}, {"POST", "/renew"}, {"DELETE", ""},
+		} {
+			t.Run(spelling.name+"/"+tc.method+tc.suffix, func(t *testing.T) {
+				foreign := s.do(t, tc.method, "/v1/leases/"+spelling.apply(lease.ID)+tc.suffix, tokWorkerA, "")
+				expect(t, foreign, http.StatusNotFound, limitd.CodeLeaseNotFound)
+				absent := s.do(t, tc.method, "/v1/leases/"+spelling.apply(missing)+tc.suffix, tokWorkerA, "")
+				expect(t, absent, http.StatusNotFound, limitd.CodeLeaseNotFound)
+				if strings.ReplaceAll(foreign.problem.Detail, lease.ID, missing) != absent.problem.Detail ||
+					foreign.problem.Title != absent.problem.Title || foreign.problem.Type != absent.problem.Type {
+					t.Fatalf("a hidden lease can be told from a missing one:\n%+v\n%+v", foreign.problem, absent.problem)
+				}
+			})
+		}
 	}
 	// Still held, never renewed by the other team.
 	r := s.do(t, "GET", "/v1/leases/"+lease.ID, tokWorkerB, "")
@@ -380,6 +402,17 @@ func TestOtherTeamsLeasesLookMissing(t *testing.T) {
 		t.Fatalf("the lease changed: %s (was %+v)", r.body, lease)
 	}
 	expect(t, s.do(t, "DELETE", "/v1/leases/"+lease.ID, tokWorkerB, ""), http.StatusNoContent, "")
+}
+
+// mixedCase lower-cases every other letter of a lease id.
+func mixedCase(id string) string {
+	b := []byte(id)
+	for i := 0; i < len(b); i += 2 {
+		if b[i] >= 'A' && b[i] <= 'Z' {
+			b[i] += 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 func TestAuditNamesTokenAndLogsNoToken(t *testing.T) {
