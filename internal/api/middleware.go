@@ -21,6 +21,9 @@ type requestInfo struct {
 	id        string
 	limit     string
 	principal string
+	// admin is set for a principal that may change any limit or lease, so
+	// that what it does to other holders' leases is audited.
+	admin bool
 	// ready is the serving server's readiness, for CheckReady.
 	ready *atomic.Bool
 }
@@ -43,11 +46,14 @@ func setLogLimit(ctx context.Context, limit string) {
 	}
 }
 
-// SetPrincipal records who made the request (a token's name), for the
-// request log and the audit trail of admin changes.
-func SetPrincipal(ctx context.Context, name string) {
+// SetPrincipal records who made the request (a token's name, never the
+// token), for the request log and the audit trail of admin changes; admin
+// tells that it may act on any limit, so that its release of a lease is
+// audited as the revocation of someone else's slots.
+func SetPrincipal(ctx context.Context, name string, admin bool) {
 	if ri := info(ctx); ri != nil {
 		ri.principal = name
+		ri.admin = admin
 	}
 }
 

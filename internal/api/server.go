@@ -405,9 +405,17 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	// A lease's limit never changes, so reading it before the release
+	// cannot name a wrong one; a lease already gone is Release's 404.
+	limit, _ := s.mgr.LeaseLimit(id)
 	if err := s.mgr.Release(r.Context(), id); err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if ri := info(r.Context()); ri != nil && ri.admin {
+		// An admin's token may release anyone's lease: the holder will
+		// find its slots gone, and this line says who took them.
+		s.audit(r, "lease revoked", slog.String("lease", id), slog.String("limit", limit))
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

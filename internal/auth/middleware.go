@@ -53,7 +53,7 @@ func Middleware(k *Keyring, leaseLimit LeaseLimitFunc) func(http.Handler) http.H
 				api.WriteProblem(w, r, err)
 				return
 			}
-			api.SetPrincipal(r.Context(), tok.Name)
+			api.SetPrincipal(r.Context(), tok.Name, tok.Scope >= ScopeAdmin)
 			if pattern == "" {
 				// No such route: the router answers 404 or 405 to a caller
 				// that has proven it holds a token.

@@ -63,11 +63,19 @@ type authServer struct {
 
 func startAuthServer(t *testing.T) *authServer {
 	t.Helper()
+	return startAuthServerLogging(t, func(w io.Writer) slog.Handler {
+		return slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})
+	})
+}
+
+// startAuthServerLogging is startAuthServer with the log format of handler.
+func startAuthServerLogging(t *testing.T, handler func(io.Writer) slog.Handler) *authServer {
+	t.Helper()
 	k := auth.NewKeyring(testTokens(t))
 	logs := &lockedBuffer{}
 	s := servertest.Start(t, t.TempDir(), func(c *daemon.Config) {
 		c.Tokens = k
-		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.Logger = slog.New(handler(logs))
 	})
 	return &authServer{Server: s, keyring: k, logs: logs}
 }
