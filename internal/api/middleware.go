@@ -119,9 +119,22 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			status = 499
 		}
 		ri := info(r.Context())
+		route := chiPattern(r)
+		if route == "" {
+			// Middleware (authentication) answered before the router
+			// matched: the handler that would name the limit never ran.
+			var params map[string]string
+			route, params = MatchRoute(r)
+			if name, err := ParseLimitName(params["name"]); err == nil && ri.limit == "" {
+				ri.limit = name
+			}
+		}
+		if route == "" {
+			route = unmatched
+		}
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
-			slog.String("route", RoutePattern(r)),
+			slog.String("route", route),
 			slog.Int("status", status),
 			slog.Duration("duration", time.Since(start)),
 			slog.String("request_id", ri.id),
@@ -146,16 +159,30 @@ func probe(path string) bool {
 	return path == "/healthz" || path == "/readyz" || path == "/metrics"
 }
 
+// unmatched is the route of a request that no route serves.
+const unmatched = "unmatched"
+
 // RoutePattern is the chi pattern that matched r (never the raw path, which
 // would make unbounded label values), or "unmatched". It is complete only
-// after the router has served r.
+// after the router has served r. A request that middleware refused before
+// the router matched it (authentication's 401 and 403) has no chi pattern;
+// it gets the pattern the router would have matched, so that refusals are
+// counted on the route they were aimed at.
 func RoutePattern(r *http.Request) string {
-	if rc := chi.RouteContext(r.Context()); rc != nil {
-		if p := rc.RoutePattern(); p != "" {
-			return p
-		}
+	if p := chiPattern(r); p != "" {
+		return p
 	}
-	return "unmatched"
+	if p, _ := MatchRoute(r); p != "" {
+		return p
+	}
+	return unmatched
+}
+
+func chiPattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil {
+		return rc.RoutePattern()
+	}
+	return ""
 }
 
 // audit logs an admin change with who made it.

@@ -322,8 +322,6 @@ func (s *Server) acquire(w http.ResponseWriter, r *http.Request) {
 	if req.WaitSeconds != nil {
 		p.Wait = min(limitd.Duration(*req.WaitSeconds), s.maxWait)
 	}
-	setLogLimit(r.Context(), name)
-
 	lease, replayed, err := s.mgr.Acquire(r.Context(), name, p)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -408,6 +406,9 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	// A lease's limit never changes, so reading it before the release
 	// cannot name a wrong one; a lease already gone is Release's 404.
 	limit, _ := s.mgr.LeaseLimit(id)
+	if limit != "" {
+		setLogLimit(r.Context(), limit)
+	}
 	if err := s.mgr.Release(r.Context(), id); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -422,11 +423,13 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 
 // nameParam returns the {name} path parameter, unescaped and validated, so
 // a percent-encoded "/" or any other bad name is a 400 on every route.
+// It also names the limit in the request's log line.
 func nameParam(r *http.Request) (string, error) {
 	name, err := ParseLimitName(chi.URLParam(r, "name"))
 	if err != nil {
 		return "", err
 	}
+	setLogLimit(r.Context(), name)
 	return name, nil
 }
 
