@@ -78,13 +78,23 @@ type Journal interface {
 	Append(entries []Entry)
 }
 
+// Helper is implemented by a Journal that can commit on the goroutine that
+// waits for a change: the manager's Commits then call Help in Wait before
+// they block. A request that waits for its change then usually commits it
+// itself, instead of waking a writer goroutine and being woken back by it,
+// which is two hand-offs between threads on the path of every grant. Help
+// must return soon when another goroutine is already committing.
+type Helper interface {
+	Help()
+}
+
 // Commit is the outcome of one appended change. It is resolved once, by the
 // journal, when the change's transaction has committed or failed.
 type Commit struct {
 	done chan struct{}
 	err  error
-	// help is the journal's way to commit queued changes on the goroutine
-	// that waits for them (see OnWait); nil when it has none.
+	// help commits queued changes on the goroutine that waits for them
+	// (see Helper); nil when the journal cannot.
 	help func()
 }
 
@@ -106,12 +116,9 @@ func (c *Commit) Done() <-chan struct{} { return c.done }
 // Err is the commit's outcome; it is only meaningful after Done is closed.
 func (c *Commit) Err() error { return c.err }
 
-// OnWait makes Wait call help before it blocks. A journal sets it in Append
-// when it can commit on the waiting goroutine: a request that waits for its
-// change then usually commits it itself, instead of waking a writer
-// goroutine and being woken back by it, which is two hand-offs between
-// threads on the path of every grant. help must not block for long when
-// another goroutine is already committing.
+// OnWait makes Wait call help before it blocks (see Helper), for Commits
+// that a journal's own callers create. It must be called before the Commit
+// is shared with another goroutine.
 func (c *Commit) OnWait(help func()) { c.help = help }
 
 // Wait blocks until the commit is resolved or ctx ends.

@@ -45,6 +45,7 @@ type Config struct {
 // concurrent use.
 type Manager struct {
 	journal    Journal
+	help       func() // the journal's Helper.Help, or nil
 	clock      Clock
 	obs        Observer
 	defaultTTL time.Duration
@@ -128,6 +129,9 @@ func New(cfg Config) *Manager {
 		leases:     make(map[string]*lease),
 		timerAt:    -1,
 	}
+	if h, ok := cfg.Journal.(Helper); ok {
+		m.help = h.Help
+	}
 	if m.clock == nil {
 		m.clock = NewSystemClock()
 	}
@@ -190,6 +194,8 @@ func newLimit(rec LimitRecord) *limit {
 // critical section and returns its Commit.
 func (m *Manager) appendLocked(c Change) *Commit {
 	commit := NewCommit()
+	// Set here, under the lock, before any waiter can see the Commit.
+	commit.help = m.help
 	m.pending = append(m.pending, Entry{Change: c, Commit: commit})
 	return commit
 }

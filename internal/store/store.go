@@ -331,7 +331,6 @@ func (s *Store) Append(entries []slots.Entry) {
 		return
 	}
 	for _, e := range entries {
-		e.Commit.OnWait(s.help)
 		s.pending = append(s.pending, pendingChange{change: e.Change, commit: e.Commit})
 	}
 	s.mu.Unlock()
@@ -341,10 +340,10 @@ func (s *Store) Append(entries []slots.Entry) {
 	s.signal()
 }
 
-// help commits the queued changes on the calling goroutine when no commit
+// Help commits the queued changes on the calling goroutine when no commit
 // is running; otherwise it returns at once and the running committer, or
-// the writer after it, takes them.
-func (s *Store) help() {
+// the writer after it, takes them. It makes the Store a slots.Helper.
+func (s *Store) Help() {
 	// Yield once first: when other requests are runnable they append
 	// their changes meanwhile and share this commit (a busy server keeps
 	// its large batches); when none are, this returns at once.
@@ -360,6 +359,7 @@ func (s *Store) help() {
 // are not the manager (tools that build a database, tests).
 func (s *Store) Write(c slots.Change) *slots.Commit {
 	commit := slots.NewCommit()
+	commit.OnWait(s.Help)
 	s.Append([]slots.Entry{{Change: c, Commit: commit}})
 	return commit
 }
