@@ -214,14 +214,13 @@ func (s *Server) putLimit(w http.ResponseWriter, r *http.Request) {
 	if spec.DefaultTTLSeconds != nil {
 		ttl = limitd.Duration(*spec.DefaultTTLSeconds)
 	}
-	before, _ := s.mgr.GetLimit(name)
-	l, created, err := s.mgr.PutLimit(r.Context(), name, slots.LimitSpec{Capacity: *spec.Capacity, DefaultTTL: ttl, Description: spec.Description})
+	l, before, err := s.mgr.PutLimit(r.Context(), name, slots.LimitSpec{Capacity: *spec.Capacity, DefaultTTL: ttl, Description: spec.Description})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	status := http.StatusOK
-	if created {
+	if before == nil {
 		status = http.StatusCreated
 		s.audit(r, "limit created", slog.String("limit", name), slog.Int("capacity", l.Capacity))
 	} else {
@@ -252,8 +251,8 @@ func (s *Server) deleteLimit(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	before, _ := s.mgr.GetLimit(name)
-	if err := s.mgr.DeleteLimit(r.Context(), name); err != nil {
+	before, err := s.mgr.DeleteLimit(r.Context(), name)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}

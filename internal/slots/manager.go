@@ -265,12 +265,15 @@ type LimitSpec struct {
 	Description string
 }
 
-// PutLimit creates or replaces a limit and reports whether it was created.
-// The new definition is committed before it takes effect: a failed commit
-// changes nothing. Lowering the capacity revokes no lease; queued waiters that
-// could never fit under a new capacity above 0 are answered 409 at once, and a
-// raise wakes the waiters that now fit.
-func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (limitd.Limit, bool, error) {
+// PutLimit creates or replaces a limit. It returns the limit and the one it
+// replaced (nil when it created it), read under the lock that the change
+// holds, so that no other change can come between them (an audit line that
+// read the limit before the call could show a racing PUT's capacity as the
+// one replaced). The new definition is committed before it takes effect: a
+// failed commit changes nothing. Lowering the capacity revokes no lease;
+// queued waiters that could never fit under a new capacity above 0 are
+// answered 409 at once, and a raise wakes the waiters that now fit.
+func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (limitd.Limit, *limitd.Limit, error) {
 	m.adminMu.Lock()
 	defer m.adminMu.Unlock()
 
@@ -278,10 +281,14 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 	now, _ := m.clock.Read()
 	rec := LimitRecord{Name: name, Capacity: spec.Capacity, DefaultTTL: spec.DefaultTTL, Description: spec.Description, CreatedAt: wall(now), UpdatedAt: wall(now)}
 	var before *LimitRecord
+	var replaced *limitd.Limit
 	if l := m.limits[name]; l != nil {
 		prev := l.rec
 		before = &prev
 		rec.CreatedAt = prev.CreatedAt
+		// adminMu keeps the definition until this call changes it.
+		view := m.limitViewLocked(l)
+		replaced = &view
 	}
 	commit := m.appendLocked(Change{Kind: ChangePutLimit, Limit: rec, Fence: m.fence})
 	m.unlock()
@@ -290,7 +297,7 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 	// memory must look like, whether or not the admin is still listening.
 	<-commit.Done()
 	if err := commit.Err(); err != nil {
-		return limitd.Limit{}, false, errStore("saving limit "+name, err)
+		return limitd.Limit{}, nil, errStore("saving limit "+name, err)
 	}
 
 	m.mu.Lock()
@@ -314,7 +321,7 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 		}
 	}
 	m.notifyWaitersLocked(l)
-	return m.limitViewLocked(l), created, nil
+	return m.limitViewLocked(l), replaced, nil
 }
 
 func errExceeds(name string, slots, capacity int) error {
@@ -345,17 +352,20 @@ func (m *Manager) Limits() []limitd.Limit {
 }
 
 // DeleteLimit deletes a limit and its leases and answers its waiters with
-// limit_not_found. It takes effect in memory at once and returns when the
+// limit_not_found. It returns the limit as it was when it was deleted, read
+// under the same lock, so its leases and waiters are exactly the ones the
+// deletion ended. It takes effect in memory at once and returns when the
 // deletion is durable (a failed commit is retried by the journal).
-func (m *Manager) DeleteLimit(ctx context.Context, name string) error {
+func (m *Manager) DeleteLimit(ctx context.Context, name string) (limitd.Limit, error) {
 	m.adminMu.Lock()
 	defer m.adminMu.Unlock()
 	m.mu.Lock()
 	l := m.limits[name]
 	if l == nil {
 		m.unlock()
-		return errLimitNotFound(name)
+		return limitd.Limit{}, errLimitNotFound(name)
 	}
+	deleted := m.limitViewLocked(l)
 	l.deleted = true
 	for e := l.waiters.Front(); e != nil; {
 		next := e.Next()
@@ -372,11 +382,11 @@ func (m *Manager) DeleteLimit(ctx context.Context, name string) error {
 	m.unlock()
 	if err := commit.Wait(ctx); err != nil {
 		if ctx.Err() != nil {
-			return err
+			return deleted, err
 		}
-		return errStore("deleting limit "+name, err)
+		return deleted, errStore("deleting limit "+name, err)
 	}
-	return nil
+	return deleted, nil
 }
 
 func (m *Manager) limitViewLocked(l *limit) limitd.Limit {

@@ -232,12 +232,16 @@ func TestDeleteLimitAnswersWaitersAndDropsLeases(t *testing.T) {
 	l := f.acquire(t, "d", slots.AcquireParams{})
 	w := f.acquireAsync(t, context.Background(), "d", slots.AcquireParams{Wait: time.Minute})
 	w2 := f.acquireAsync(t, context.Background(), "d", slots.AcquireParams{Wait: time.Minute})
-	if err := f.m.DeleteLimit(context.Background(), "d"); err != nil {
+	gone, err := f.m.DeleteLimit(context.Background(), "d")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if gone.Capacity != 1 || gone.InUse != 1 || gone.Waiting != 2 {
+		t.Fatalf("DeleteLimit returned %+v, want the limit as deleted: capacity 1, 1 in use, 2 waiting", gone)
 	}
 	wantCode(t, recv(t, w).err, limitd.CodeLimitNotFound)
 	wantCode(t, recv(t, w2).err, limitd.CodeLimitNotFound)
-	_, err := f.m.Lease(l.ID)
+	_, err = f.m.Lease(l.ID)
 	wantCode(t, err, limitd.CodeLeaseNotFound)
 
 	// Re-created, the limit starts empty and fences keep growing.
