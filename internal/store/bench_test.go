@@ -77,3 +77,40 @@ func BenchmarkGrantRelease(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDeleteLimit deletes a limit (and re-creates it) while 100,000
+// leases of other limits are live: with no index on leases.limit_name, the
+// deletion scans them, a cost paid on a rare admin action instead of on
+// every grant and release.
+func BenchmarkDeleteLimit(b *testing.B) {
+	s, err := store.Open(context.Background(), filepath.Join(b.TempDir(), "bench.db"), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	const leases = 100_000
+	var last *slots.Commit
+	for i := range leases / 100 {
+		name := fmt.Sprintf("busy-%04d", i)
+		s.Write(slots.Change{Kind: slots.ChangePutLimit, Limit: limitRec(name, 1000)})
+		for j := range 100 {
+			n := uint64(i*100 + j + 1)
+			l := leaseRec(0, name, n)
+			l.ID = fmt.Sprintf("01JD%022d", n)
+			last = s.Write(slots.Change{Kind: slots.ChangeGrant, Lease: l, Fence: n})
+		}
+	}
+	if err := last.Wait(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if err := s.Write(slots.Change{Kind: slots.ChangePutLimit, Limit: limitRec("gone", 1)}).Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Write(slots.Change{Kind: slots.ChangeDeleteLimit, Limit: limitRec("gone", 1)}).Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
