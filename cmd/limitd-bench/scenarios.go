@@ -166,6 +166,10 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			var firstErr error
 			runCtx, cancel := context.WithTimeout(ctx, o.duration)
 			var wg sync.WaitGroup
+			var cpu0 time.Duration
+			if srv.cpu != nil {
+				cpu0, _ = srv.cpu()
+			}
 			start := time.Now()
 			for i := range workers {
 				wg.Add(1)
@@ -205,6 +209,11 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
+			var cpuPerCycle float64
+			if srv.cpu != nil {
+				cpu1, _ := srv.cpu()
+				cpuPerCycle = float64((cpu1 - cpu0).Microseconds()) / float64(max(1, cycles.Load()))
+			}
 			cancel()
 			srv.stop()
 			if firstErr != nil {
@@ -216,7 +225,11 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			res[key+"cycles_per_s"] = rate
 			res[key+"acquire_p50_us"] = ps["p50_us"]
 			res[key+"acquire_p99_us"] = ps["p99_us"]
-			summary("throughput %-9s %4d limit(s) of 16, 64 workers: %.0f cycles/s, acquire p50 %.0f µs p99 %.0f µs", tg.name, limits, rate, ps["p50_us"], ps["p99_us"])
+			if srv.cpu != nil {
+				res[key+"server_cpu_per_cycle_us"] = cpuPerCycle
+			}
+			summary("throughput %-9s %4d limit(s) of 16, 64 workers: %.0f cycles/s, acquire p50 %.0f µs p99 %.0f µs, server CPU %.1f µs/cycle",
+				tg.name, limits, rate, ps["p50_us"], ps["p99_us"], cpuPerCycle)
 		}
 	}
 	return res, nil
@@ -233,6 +246,9 @@ type target struct {
 type stopper struct {
 	url  string
 	stop func()
+	// cpu is the server process's CPU time so far; nil for the in-process
+	// baseline, whose CPU cannot be told apart from the load's.
+	cpu func() (time.Duration, error)
 }
 
 func targets() []target {
@@ -242,7 +258,7 @@ func targets() []target {
 			if err != nil {
 				return stopper{}, err
 			}
-			return stopper{url: srv.url, stop: srv.stop}, nil
+			return stopper{url: srv.url, stop: srv.stop, cpu: srv.cpu}, nil
 		}},
 		{"baseline", "baseline_", func(context.Context, options) (stopper, error) {
 			m, err := startMemServer()
