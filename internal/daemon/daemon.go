@@ -145,13 +145,13 @@ func (d *Daemon) clampExpiries(ctx context.Context, leases []slots.LeaseRecord) 
 	first := clamped[0]
 	d.log.Warn("leases expired further ahead than their TTL allows, as when the wall clock was set back while limitd was down: each now expires its TTL from now",
 		"leases", len(clamped), "example_lease", first.ID, "example_limit", first.Limit, "now", now.UTC())
-	entries := make([]slots.Entry, len(clamped))
+	// Queued all before the first wait, they share one transaction.
+	commits := make([]*slots.Commit, len(clamped))
 	for i, l := range clamped {
-		entries[i] = slots.Entry{Change: slots.Change{Kind: slots.ChangeRenew, Lease: l}, Commit: slots.NewCommit()}
+		commits[i] = d.Store.Write(slots.Change{Kind: slots.ChangeRenew, Lease: l})
 	}
-	d.Store.Append(entries)
-	for _, e := range entries {
-		if err := e.Commit.Wait(ctx); err != nil {
+	for _, c := range commits {
+		if err := c.Wait(ctx); err != nil {
 			d.log.Warn("writing back the clamped expiries failed; the next start clamps them again", "err", err)
 			return
 		}
