@@ -145,7 +145,7 @@ func (d *Daemon) clampExpiries(ctx context.Context, leases []slots.LeaseRecord) 
 	first := clamped[0]
 	d.log.Warn("leases expired further ahead than their TTL allows, as when the wall clock was set back while limitd was down: each now expires its TTL from now",
 		"leases", len(clamped), "example_lease", first.ID, "example_limit", first.Limit, "now", now.UTC())
-	// Queued all before the first wait, they share one transaction.
+	// All are queued before waiting on any, so they can share commits.
 	commits := make([]*slots.Commit, len(clamped))
 	for i, l := range clamped {
 		commits[i] = d.Store.Write(slots.Change{Kind: slots.ChangeRenew, Lease: l})
