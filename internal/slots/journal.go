@@ -96,7 +96,17 @@ type Commit struct {
 	// help commits queued changes on the goroutine that waits for them
 	// (see Helper); nil when the journal cannot.
 	help func()
+	// awaited is set, before the journal receives the Commit, when a
+	// goroutine will Wait for it (see Awaited).
+	awaited bool
 }
+
+// Awaited reports whether a goroutine will Wait for this Commit, and so
+// call a Helper journal's Help. A Helper journal must commit the other
+// changes on its own (expiries, which nobody waits for); for an awaited one
+// it need not wake a goroutine of its own, as long as every Help that finds
+// another commit running is followed by a commit that takes its change.
+func (c *Commit) Awaited() bool { return c.awaited }
 
 // NewCommit returns an unresolved Commit; journals create one per Append.
 func NewCommit() *Commit {
@@ -117,9 +127,10 @@ func (c *Commit) Done() <-chan struct{} { return c.done }
 func (c *Commit) Err() error { return c.err }
 
 // OnWait makes Wait call help before it blocks (see Helper), for Commits
-// that a journal's own callers create. It must be called before the Commit
-// is shared with another goroutine.
-func (c *Commit) OnWait(help func()) { c.help = help }
+// that a journal's own callers create and will wait for: it marks the
+// Commit awaited. It must be called before the Commit is shared with
+// another goroutine.
+func (c *Commit) OnWait(help func()) { c.help, c.awaited = help, true }
 
 // Wait blocks until the commit is resolved or ctx ends.
 func (c *Commit) Wait(ctx context.Context) error {

@@ -172,7 +172,9 @@ func (m *Manager) Restore(limits []LimitRecord, leases []LeaseRecord, fence uint
 			if l != nil {
 				m.obs.Ended(rec, now.Sub(rec.AcquiredAt), true)
 			}
-			commits = append(commits, m.appendLocked(Change{Kind: ChangeRelease, Lease: rec, Fence: m.fence}))
+			c := m.appendLocked(Change{Kind: ChangeRelease, Lease: rec, Fence: m.fence})
+			c.awaited = true // by Restore's caller
+			commits = append(commits, c)
 			continue
 		}
 		done := NewCommit()
@@ -291,12 +293,12 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 		replaced = &view
 	}
 	commit := m.appendLocked(Change{Kind: ChangePutLimit, Limit: rec, Fence: m.fence})
+	commit.awaited = true
 	m.unlock()
 
 	// Waiting here without ctx: once appended, the outcome decides what
 	// memory must look like, whether or not the admin is still listening.
-	<-commit.Done()
-	if err := commit.Err(); err != nil {
+	if err := commit.Wait(context.Background()); err != nil {
 		return limitd.Limit{}, nil, errStore("saving limit "+name, err)
 	}
 
@@ -379,6 +381,7 @@ func (m *Manager) DeleteLimit(ctx context.Context, name string) (limitd.Limit, e
 	m.resetTimerLocked()
 	m.obs.LimitDeleted(l.rec)
 	commit := m.appendLocked(Change{Kind: ChangeDeleteLimit, Limit: l.rec, Fence: m.fence})
+	commit.awaited = true
 	m.unlock()
 	if err := commit.Wait(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -734,6 +737,7 @@ func (m *Manager) Renew(ctx context.Context, id string, ttl time.Duration) (limi
 	m.obs.Renewed(ls.rec)
 	view := leaseView(ls.rec)
 	commit := m.appendLocked(Change{Kind: ChangeRenew, Lease: ls.rec, Fence: m.fence})
+	commit.awaited = true
 	m.unlock()
 	// A renew that fails to commit keeps its new deadline in memory: the
 	// client is told 503 and retries, and after a crash the lease would only
@@ -756,6 +760,7 @@ func (m *Manager) Release(ctx context.Context, id string) error {
 		return errLeaseNotFound(id)
 	}
 	commit := m.endLeaseLocked(m.limits[ls.rec.Limit], ls, false)
+	commit.awaited = true
 	m.resetTimerLocked()
 	m.unlock()
 	if err := commit.Wait(ctx); err != nil {
@@ -784,6 +789,8 @@ func (m *Manager) grantLocked(l *limit, slots int, ttl time.Duration, holder, ke
 	}
 	m.addLeaseLocked(l, ls)
 	ls.granted = m.appendLocked(Change{Kind: ChangeGrant, Lease: ls.rec, Fence: m.fence})
+	// The request it goes to waits for it (answerGrant), queued or not.
+	ls.granted.awaited = true
 	m.obs.Granted(ls.rec, mono-asked)
 	m.resetTimerLocked()
 	return ls

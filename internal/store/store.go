@@ -330,14 +330,19 @@ func (s *Store) Append(entries []slots.Entry) {
 		}
 		return
 	}
+	unattended := false
 	for _, e := range entries {
 		s.pending = append(s.pending, pendingChange{change: e.Change, commit: e.Commit})
+		unattended = unattended || !e.Commit.Awaited()
 	}
 	s.mu.Unlock()
-	// The writer is woken even when a waiter will commit these changes
-	// itself: nobody waits for some of them (expiries), and a waiter may
-	// find another commit running.
-	s.signal()
+	// Changes that a goroutine waits for are committed by it (Help), so the
+	// writer is woken only for the others: waking it for every change put
+	// it in a race with the waiter, and when it won, the grant paid the two
+	// hand-offs that Help exists to save.
+	if unattended {
+		s.signal()
+	}
 }
 
 // Help commits the queued changes on the calling goroutine when no commit
@@ -353,6 +358,15 @@ func (s *Store) Help() {
 	}
 	s.commitNextLocked()
 	s.commitMu.Unlock()
+	// A change appended while this commit ran was not woken for: its
+	// waiter's Help found commitMu held. Checking after the unlock leaves no
+	// gap: a change appended later finds commitMu free in its own Help.
+	s.mu.Lock()
+	more := len(s.pending) > 0
+	s.mu.Unlock()
+	if more {
+		s.signal()
+	}
 }
 
 // Write queues one change and returns its Commit: Append for callers that
