@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,32 +14,42 @@ import (
 )
 
 // memServer is the baseline the HTTP scenarios are measured against in the
-// same run: a semaphore per limit behind the same routes, in memory, with
-// no durability, no leases, no expiry, no metrics and no logs — the cost of
-// the HTTP round trips alone. limitd's figures divided by its figures say
-// what limitd's guarantees cost.
+// same run, in a process of its own (see startBaseline): a semaphore per
+// limit behind the same routes, in memory, with no durability, no leases,
+// no expiry, no metrics and no logs — the cost of the HTTP round trips
+// alone. limitd's figures divided by its figures say what limitd's
+// guarantees cost.
 type memServer struct {
 	srv *http.Server
-	url string
 
 	mu     sync.Mutex
 	limits map[string]chan struct{}
 	seq    atomic.Uint64
 }
 
-func startMemServer() (*memServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// serveBaseline is the -baseline-server mode: memServer on addr until
+// SIGTERM.
+func serveBaseline(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	m := &memServer{url: "http://" + ln.Addr().String(), limits: make(map[string]chan struct{})}
+	m := startMemServer(ln)
+	<-ctx.Done()
+	m.stop()
+	return nil
+}
+
+func startMemServer(ln net.Listener) *memServer {
+	m := &memServer{limits: make(map[string]chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /v1/limits/{name}", m.put)
 	mux.HandleFunc("POST /v1/limits/{name}/acquire", m.acquire)
 	mux.HandleFunc("DELETE /v1/leases/{id}", m.release)
+	mux.HandleFunc("GET /readyz", func(http.ResponseWriter, *http.Request) {})
 	m.srv = &http.Server{Handler: mux}
 	go m.srv.Serve(ln)
-	return m, nil
+	return m
 }
 
 func (m *memServer) stop() { m.srv.Close() }

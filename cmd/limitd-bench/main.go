@@ -65,10 +65,18 @@ func main() {
 	flag.IntVar(&o.startupN, "startup-n", 100_000, "startup: limits and leases in the database")
 	flag.BoolVar(&o.keepLogs, "server-logs", false, "pass the server's logs through to stderr")
 	flag.StringVar(&o.extra, "server-flags", "", "more flags for the server, space-separated (e.g. \"--pprof-addr 127.0.0.1:6060\")")
+	baseline := flag.String("baseline-server", "", "internal: serve the in-memory baseline on this address (the tool starts itself so)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *baseline != "" {
+		if err := serveBaseline(ctx, *baseline); err != nil {
+			fmt.Fprintln(os.Stderr, "limitd-bench -baseline-server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, o); err != nil {
 		fmt.Fprintln(os.Stderr, "limitd-bench:", err)
 		os.Exit(1)

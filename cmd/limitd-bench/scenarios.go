@@ -166,10 +166,7 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			var firstErr error
 			runCtx, cancel := context.WithTimeout(ctx, o.duration)
 			var wg sync.WaitGroup
-			var cpu0 time.Duration
-			if srv.cpu != nil {
-				cpu0, _ = srv.cpu()
-			}
+			cpu0, _ := srv.cpu()
 			start := time.Now()
 			for i := range workers {
 				wg.Add(1)
@@ -209,11 +206,8 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
-			var cpuPerCycle float64
-			if srv.cpu != nil {
-				cpu1, _ := srv.cpu()
-				cpuPerCycle = float64((cpu1 - cpu0).Microseconds()) / float64(max(1, cycles.Load()))
-			}
+			cpu1, _ := srv.cpu()
+			cpuPerCycle := float64((cpu1 - cpu0).Microseconds()) / float64(max(1, cycles.Load()))
 			cancel()
 			srv.stop()
 			if firstErr != nil {
@@ -225,9 +219,7 @@ func runThroughput(ctx context.Context, o options) (map[string]any, error) {
 			res[key+"cycles_per_s"] = rate
 			res[key+"acquire_p50_us"] = ps["p50_us"]
 			res[key+"acquire_p99_us"] = ps["p99_us"]
-			if srv.cpu != nil {
-				res[key+"server_cpu_per_cycle_us"] = cpuPerCycle
-			}
+			res[key+"server_cpu_per_cycle_us"] = cpuPerCycle
 			summary("throughput %-9s %4d limit(s) of 16, 64 workers: %.0f cycles/s, acquire p50 %.0f µs p99 %.0f µs, server CPU %.1f µs/cycle",
 				tg.name, limits, rate, ps["p50_us"], ps["p99_us"], cpuPerCycle)
 		}
@@ -246,8 +238,7 @@ type target struct {
 type stopper struct {
 	url  string
 	stop func()
-	// cpu is the server process's CPU time so far; nil for the in-process
-	// baseline, whose CPU cannot be told apart from the load's.
+	// cpu is the server process's CPU time so far.
 	cpu func() (time.Duration, error)
 }
 
@@ -260,12 +251,12 @@ func targets() []target {
 			}
 			return stopper{url: srv.url, stop: srv.stop, cpu: srv.cpu}, nil
 		}},
-		{"baseline", "baseline_", func(context.Context, options) (stopper, error) {
-			m, err := startMemServer()
+		{"baseline", "baseline_", func(ctx context.Context, o options) (stopper, error) {
+			srv, err := startBaseline(ctx, o)
 			if err != nil {
 				return stopper{}, err
 			}
-			return stopper{url: m.url, stop: m.stop}, nil
+			return stopper{url: srv.url, stop: srv.stop, cpu: srv.cpu}, nil
 		}},
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// server is a limitd process the tool started.
+// server is a process the tool started: limitd, or the baseline.
 type server struct {
 	// startup is the time from starting the process to /readyz answering 200.
 	startup time.Duration
@@ -65,7 +65,33 @@ func startServer(ctx context.Context, o options, dir string, extra ...string) (*
 	args := append([]string{"serve", "--addr", addr, "--db", filepath.Join(dir, "limitd.db"), "--sync", o.sync,
 		"--log-level", "warn", "--max-waiters", "100000"}, extra...)
 	args = append(args, strings.Fields(o.extra)...)
-	cmd := exec.Command(o.bin, args...)
+	return startProcess(ctx, o, exec.Command(o.bin, args...), addr, dir)
+}
+
+// startBaseline runs the in-memory baseline (memServer) in a process of its
+// own, this tool's binary with -baseline-server, so that it pays the same
+// cross-process wake-ups as limitd and its CPU can be read apart from the
+// load's.
+func startBaseline(ctx context.Context, o options) (*server, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	dir, err := os.MkdirTemp("", "limitd-bench-baseline")
+	if err != nil {
+		return nil, err
+	}
+	return startProcess(ctx, o, exec.Command(self, "-baseline-server", addr), addr, dir)
+}
+
+// startProcess starts cmd, a server that listens on addr, and waits until
+// its /readyz answers 200; dir is removed when it stops.
+func startProcess(ctx context.Context, o options, cmd *exec.Cmd, addr, dir string) (*server, error) {
 	if o.keepLogs {
 		cmd.Stderr = os.Stderr
 	}
@@ -97,13 +123,13 @@ func (s *server) waitReady(ctx context.Context, limit time.Duration) (time.Durat
 		}
 		select {
 		case err := <-s.done:
-			return 0, fmt.Errorf("limitd exited before it was ready: %v", err)
+			return 0, fmt.Errorf("%s exited before it was ready: %v", filepath.Base(s.cmd.Path), err)
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		case <-time.After(time.Millisecond):
 		}
 		if time.Since(start) > limit {
-			return 0, fmt.Errorf("limitd not ready after %v", limit)
+			return 0, fmt.Errorf("%s not ready after %v", filepath.Base(s.cmd.Path), limit)
 		}
 	}
 }
