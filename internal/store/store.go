@@ -81,7 +81,7 @@ type Store struct {
 	fenceReserved atomic.Uint64
 
 	// commitMu is held by whoever commits: the writer goroutine, or a
-	// caller waiting on its Commit (see help). One committer at a time,
+	// caller waiting on its Commit (see Help). One committer at a time,
 	// each taking the oldest queued changes, keeps commits in order.
 	commitMu sync.Mutex
 	batch    []pendingChange // the batch being committed; guarded by commitMu
@@ -395,6 +395,12 @@ func (s *Store) Close() error {
 		s.signal()
 	}
 	<-s.done
+	if already {
+		return nil
+	}
+	// A waiter's commit that began before the writer stopped ends first;
+	// none begins after (they find stopped set, or commitMu held for good).
+	s.commitMu.Lock()
 	s.stmts.close()
 	s.conn.Close()
 	return s.db.Close()
