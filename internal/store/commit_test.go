@@ -47,16 +47,7 @@ func TestChangesCommitInAppendOrderWhoeverCommits(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s = mustOpen(t, path, store.Options{})
-	defer s.Close()
-	st, err := s.Load(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(st.Leases) != 0 {
+	if st := closeAndLoad(t, s, path); len(st.Leases) != 0 {
 		t.Fatalf("%d leases outlived their release, e.g. %s: changes were committed out of order", len(st.Leases), st.Leases[0].ID)
 	}
 }

@@ -30,6 +30,22 @@ func mustOpen(tb testing.TB, path string, opts store.Options) *store.Store {
 	return s
 }
 
+// closeAndLoad closes s, opens its file again and loads it, as a restart
+// does; the reopened store is closed when the test ends.
+func closeAndLoad(tb testing.TB, s *store.Store, path string) store.State {
+	tb.Helper()
+	if err := s.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	s = mustOpen(tb, path, store.Options{})
+	tb.Cleanup(func() { s.Close() })
+	st, err := s.Load(context.Background())
+	if err != nil {
+		tb.Fatalf("Load after reopening %s: %v", path, err)
+	}
+	return st
+}
+
 func mustCommit(tb testing.TB, s *store.Store, c slots.Change) {
 	tb.Helper()
 	if err := s.Write(c).Wait(context.Background()); err != nil {
@@ -65,16 +81,7 @@ func TestStateSurvivesCloseAndReopen(t *testing.T) {
 	mustCommit(t, s, slots.Change{Kind: slots.ChangeRenew, Lease: renewed, Fence: 3})
 	mustCommit(t, s, slots.Change{Kind: slots.ChangeRelease, Lease: l1, Fence: 3})
 	mustCommit(t, s, slots.Change{Kind: slots.ChangeDeleteLimit, Limit: limitRec("b", 0), Fence: 3})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	s = mustOpen(t, path, store.Options{})
-	defer s.Close()
-	st, err := s.Load(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := closeAndLoad(t, s, path)
 	if len(st.Limits) != 1 || st.Limits[0] != limitRec("a", 3) {
 		t.Fatalf("limits = %+v, want only a as written", st.Limits)
 	}
