@@ -7,8 +7,9 @@
 //   npm ci && node bench.js [--port 6390] [--runs 3]
 //
 // One JSON line per scenario and retry interval, with the medians of the
-// runs. The clients share one Node.js process (as limitd-bench's workers
-// share one Go process); each worker has a connection of its own.
+// runs. The throughput workers share one Node.js process (as limitd-bench's
+// share one Go process), each with a connection of its own; the hand-off's
+// two workers are processes of their own (see handoff).
 'use strict'
 const { Semaphore } = require('redis-semaphore')
 const Redis = require('ioredis')
