@@ -330,8 +330,12 @@ func TestRun(t *testing.T) {
 	t.Run("SIGTERMReachesCMDAndReleases", func(t *testing.T) {
 		t.Parallel()
 		e.putLimit(t, "run-sigterm", 1)
+		// The sleep starts before "ready", so it is in the process group
+		// when the signal comes, and holds none of the test's pipes: a
+		// sleep forked after the signal used to keep the test's stderr pipe
+		// open for its 100 s after everything else had exited.
 		s, _ := e.start(t, "-l", "run-sigterm", "--", "sh", "-c",
-			`trap 'echo got TERM >&2; exit 3' TERM; echo ready; sleep 100 & wait`)
+			`trap 'echo got TERM >&2; exit 3' TERM; sleep 100 </dev/null >/dev/null 2>&1 & echo ready; wait`)
 		if n := e.leases(t, "run-sigterm"); n != 1 {
 			t.Fatalf("%d leases while CMD runs, want 1", n)
 		}
