@@ -314,12 +314,18 @@ func (m *Manager) PutLimit(ctx context.Context, name string, spec LimitSpec) (li
 	}
 	m.obs.LimitChanged(before, rec)
 	if rec.Capacity > 0 {
-		for e := l.waiters.Front(); e != nil; {
-			next := e.Next()
+		// Collected first: rejecting the head may grant the waiters behind
+		// it that fit, which leaves the list, and a walk that rejected as
+		// it went then ended there, leaving a request that can never fit
+		// queued at the head for ever.
+		var tooLarge []*waiter
+		for e := l.waiters.Front(); e != nil; e = e.Next() {
 			if w := e.Value.(*waiter); w.slots > rec.Capacity {
-				m.rejectLocked(l, w, errExceeds(name, w.slots, rec.Capacity))
+				tooLarge = append(tooLarge, w)
 			}
-			e = next
+		}
+		for _, w := range tooLarge {
+			m.rejectLocked(l, w, errExceeds(name, w.slots, rec.Capacity))
 		}
 	}
 	m.notifyWaitersLocked(l)
