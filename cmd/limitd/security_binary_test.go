@@ -21,7 +21,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,24 +31,6 @@ import (
 // These tests run the built limitd binary: flags, signals, listeners and
 // TLS handshakes are exercised exactly as an operator meets them. Every
 // server listens on 127.0.0.1 only.
-
-// secBuild compiles limitd into a temporary directory.
-func secBuild(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs the limitd binary")
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "limitd")
-	out, err := exec.Command(goBin, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // secProc is a running limitd whose JSON log lines the test can wait for.
 type secProc struct {
@@ -269,7 +250,7 @@ func secNoTokensIn(t *testing.T, p *secProc, toks ...secToken) {
 }
 
 func TestBinaryRefusesNonLoopbackWithoutTokens(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	// Should the refusal ever break, limitd must still not listen on the
 	// network: this test holds the port on 127.0.0.1, so binding 0.0.0.0
 	// fails with "address already in use" instead.
@@ -323,7 +304,7 @@ func TestBinaryRefusesNonLoopbackWithoutTokens(t *testing.T) {
 }
 
 func TestBinaryMalformedTokensFileAtStart(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	path := filepath.Join(t.TempDir(), "tokens")
 	good := secToken{"ops", "admin", "*", "limitd_ops-token"}
 	if err := os.WriteFile(path, []byte(good.line()+"\netl worker team-a:* limitd_raw-token-pasted-here\n"), 0o600); err != nil {
@@ -344,7 +325,7 @@ func TestBinaryMalformedTokensFileAtStart(t *testing.T) {
 // and tries a malformed file, while a long-poll waits: the waiter is
 // neither dropped nor disturbed, and the token set changes at once.
 func TestBinarySIGHUPReloadsTokensWhileWaitersWait(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	ops := secToken{"ops", "admin", "*", "limitd_ops-token-0123456789"}
 	etl := secToken{"etl-a", "worker", "team-a:*", "limitd_etl-token-0123456789"}
 	old := secToken{"old-a", "worker", "team-a:*", "limitd_old-token-0123456789"}
@@ -560,7 +541,7 @@ func secPool(cas ...*secCA) *x509.CertPool {
 }
 
 func TestBinaryTLS(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	dir := t.TempDir()
 	ca := secNewCA(t, "limitd test CA")
 	certPEM, keyPEM, _ := ca.issue(t, "limitd-1", true)
@@ -675,7 +656,7 @@ func TestBinaryTLS(t *testing.T) {
 }
 
 func TestBinaryMutualTLS(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	dir := t.TempDir()
 	serverCA := secNewCA(t, "server CA")
 	clientCA := secNewCA(t, "client CA")
@@ -724,7 +705,7 @@ func TestBinaryMutualTLS(t *testing.T) {
 }
 
 func TestBinaryMetricsOnOwnListener(t *testing.T) {
-	bin := secBuild(t)
+	bin := e2eBuild(t)
 	ops := secToken{"ops", "admin", "*", "limitd_metrics-ops-token"}
 	tokens := filepath.Join(t.TempDir(), "tokens")
 	secWriteTokens(t, tokens, ops)
